@@ -1,0 +1,65 @@
+"""`python scripts/analyze.py [options]`: the table, CSVs and plots of a sweep, printed and written."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from . import DEFAULT_GROUP_BY, DEFAULT_LOSS_THRESHOLD, NoRuns, analyze
+
+# The runs' own defaults (conf/tracking/default.yaml), so that a bare command finds what a bare run logged.
+TRACKING_CONF = Path(__file__).resolve().parents[2] / "conf" / "tracking" / "default.yaml"
+
+
+def tracking_defaults() -> tuple[str, str]:
+    conf = OmegaConf.load(TRACKING_CONF) if TRACKING_CONF.exists() else {}
+    return conf.get("uri", "sqlite:///mlflow.db"), conf.get("experiment", "initbench")
+
+
+def parser() -> argparse.ArgumentParser:
+    uri, experiment = tracking_defaults()
+    p = argparse.ArgumentParser(
+        prog="analyze.py", description="Compare the init schemes of a sweep over seeds: a ranked markdown "
+        "table (printed), CSVs and PNG plots (written to --out) and a summary run in MLflow.")
+    p.add_argument("--tracking-uri", default=uri, help=f"MLflow store of the runs (default: {uri}, "
+                   "relative to the working directory, as the runs use it)")
+    p.add_argument("--experiment", default=experiment, help=f"MLflow experiment (default: {experiment})")
+    p.add_argument("--sweep", default=None, help="sweep id (tag initbench.sweep); default: the sweep of the "
+                   "most recently started run; 'all': every run of the experiment")
+    p.add_argument("--group-by", default=",".join(DEFAULT_GROUP_BY),
+                   help="comma-separated config keys: model, dataset, init (their .name) or any dotted "
+                   "param such as optimizer.lr or model.depth (default: %(default)s)")
+    p.add_argument("--baseline", default="default",
+                   help="init that the others are tested against; 'none' for no test (default: %(default)s)")
+    p.add_argument("--out", default=None, help="folder for the tables and plots (default: results/<sweep>)")
+    p.add_argument("--loss-threshold", type=float, default=DEFAULT_LOSS_THRESHOLD,
+                   help="training loss for the steps-to-threshold column (default: %(default)s)")
+    p.add_argument("--no-log", action="store_true", help="do not log a summary run to MLflow")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    keys = [k.strip() for k in args.group_by.split(",") if k.strip()]
+    if not keys:
+        cli.error("--group-by needs at least one key")
+    try:
+        result = analyze(args.tracking_uri, args.experiment, args.sweep, keys,
+                         None if args.baseline.lower() == "none" else args.baseline, args.out,
+                         args.loss_threshold, log_to_mlflow=not args.no_log)
+    except NoRuns as err:
+        print(f"nothing to analyze: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        cli.error(str(err))
+    print(result.markdown)
+    out = result.files[0].parent
+    print(f"wrote {', '.join(p.name for p in result.files)} to {out}")
+    uri = result.sweep.uri
+    if result.summary_run_id:
+        print(f"logged them to the summary run {result.summary_run_id} (summary-{result.sweep.sweep}) "
+              f"in experiment {result.sweep.experiment!r}")
+    print(f"open the runs with: mlflow ui --backend-store-uri {uri}")
+    return 0

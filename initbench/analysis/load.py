@@ -1,0 +1,168 @@
+"""MLflow -> pandas: the runs of one sweep (one row per run) and their metric histories (a long table).
+
+Reads only. Conventions come from initbench.tracking: tags `initbench.status`, `initbench.sweep`;
+params are the resolved config flattened with dots, as strings; the runs' init_report.csv artifact
+lists the parameters in model order.
+"""
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from ..tracking import resolve_uri
+
+STATUS_TAG, SWEEP_TAG = "initbench.status", "initbench.sweep"
+SUMMARY_TAG = "initbench.summary"  # marks the summary runs this module's caller logs: never analyzed
+HISTORY_KEYS = ("train/loss", "train/acc", "test/loss", "test/acc")
+GRAD_PREFIX = "grad_norm/"
+# An MLflow run status -> ours, for runs that lack the initbench.status tag.
+FROM_MLFLOW = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
+
+
+class NoRuns(LookupError):
+    """Nothing to analyze; the message says what was asked for and what the store holds."""
+
+
+@dataclass
+class SweepRuns:
+    """The runs of one sweep: `runs` has one row per run (run_id, run_name, status, start_time, params.*,
+    metrics.* as last logged, tags.*); `curves` has columns run_id, key, step, value."""
+
+    uri: str
+    experiment: str
+    sweep: str
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+
+
+def open_store(uri: str) -> MlflowClient:
+    """A client for `uri`; a sqlite file that does not exist is NoRuns (MLflow would create it empty)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise NoRuns(f"no MLflow store at {uri}: the file does not exist. Pass --tracking-uri, the URI "
+                     "printed at the end of a run.")
+    return MlflowClient(uri)
+
+
+def search_frame(client: MlflowClient, experiment_ids: list[str]) -> pd.DataFrame:
+    """All active runs of the experiments, in mlflow.search_runs' pandas layout.
+
+    mlflow.search_runs itself reads the process-global tracking URI (it has no URI argument), and
+    setting that also exports MLFLOW_TRACKING_URI to every subprocess: so page with the client."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, max_results=1000, page_token=token)
+        for run in page:
+            row = {"run_id": run.info.run_id, "run_name": run.info.run_name,
+                   "experiment_id": run.info.experiment_id, "mlflow_status": run.info.status,
+                   "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True)}
+            row.update({f"params.{k}": v for k, v in run.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    summary = frame.get(f"tags.{SUMMARY_TAG}", pd.Series(None, index=frame.index))
+    return frame[summary.ne("true")].reset_index(drop=True)
+
+
+def _sweep_of(frame: pd.DataFrame) -> pd.Series:
+    return frame.get(f"tags.{SWEEP_TAG}", pd.Series(None, index=frame.index)).fillna("(none)")
+
+
+def describe_store(client: MlflowClient, uri: str) -> str:
+    """Each experiment of the store with its sweeps (id, start, number of runs, inits), newest first."""
+    lines = [f"experiments and sweeps in {uri}:"]
+    for exp in client.search_experiments():
+        frame = search_frame(client, [exp.experiment_id])
+        lines.append(f"  experiment {exp.name!r}: {len(frame)} runs")
+        if frame.empty:
+            continue
+        frame = frame.assign(sweep=_sweep_of(frame))
+        by_sweep = frame.groupby("sweep").agg(start=("start_time", "min"), runs=("run_id", "size"))
+        for sweep, row in by_sweep.sort_values("start", ascending=False).iterrows():
+            inits = frame.loc[frame.sweep == sweep].get("params.init.name", pd.Series(dtype=str))
+            names = ", ".join(sorted(inits.dropna().unique())) or "?"
+            lines.append(f"    sweep {sweep}  started {row.start:%Y-%m-%d %H:%M} UTC  {row.runs} runs  "
+                         f"init: {names}")
+    if len(lines) == 1:
+        lines.append("  (no experiments)")
+    return "\n".join(lines)
+
+
+def run_status(frame: pd.DataFrame) -> pd.Series:
+    """finished | diverged | failed from the initbench tag; running (or killed) for a run that never
+    ended, from MLflow's status where the tag says running or is missing."""
+    tag = frame.get(f"tags.{STATUS_TAG}", pd.Series(None, index=frame.index))
+    from_mlflow = frame["mlflow_status"].map(FROM_MLFLOW).fillna("running")
+    ended = tag.isin(["finished", "diverged", "failed"])
+    return tag.where(ended, from_mlflow.where(from_mlflow != "finished", "running"))
+
+
+def fetch_histories(client: MlflowClient, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
+    """Every history (HISTORY_KEYS and grad_norm/*) of every run: one row per point.
+
+    The public client fetches one (run, metric) history per call; against a tracking server these
+    calls are latency-bound and go out 8 at a time, against a local store serially (faster there)."""
+    wanted = [c for c in runs.columns
+              if c.startswith("metrics.") and (c[8:] in HISTORY_KEYS or c[8:].startswith(GRAD_PREFIX))]
+    pairs = [(run_id, col[8:]) for col in wanted
+             for run_id in runs.loc[runs[col].notna(), "run_id"]]
+
+    def history(pair: tuple[str, str]) -> list[tuple]:
+        return [(pair[0], pair[1], m.step, m.value) for m in client.get_metric_history(*pair)]
+
+    workers = 8 if uri.startswith(("http://", "https://")) else 1
+    with ThreadPoolExecutor(workers) as pool:
+        points = [p for chunk in pool.map(history, pairs) for p in chunk]
+    curves = pd.DataFrame(points, columns=["run_id", "key", "step", "value"])
+    # A metric re-logged at the same step keeps its last value, as MLflow's own "latest" does.
+    return curves.drop_duplicates(["run_id", "key", "step"], keep="last").sort_values(
+        ["run_id", "key", "step"], ignore_index=True)
+
+
+def load_sweep(uri: str, experiment: str, sweep: str | None = None) -> SweepRuns:
+    """The runs of `sweep` (the latest one when None; every run of the experiment when "all").
+
+    Raises NoRuns, listing the experiments and sweeps that exist, when there is nothing to analyze."""
+    uri = resolve_uri(uri)
+    client = open_store(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise NoRuns(f"no experiment {experiment!r} in {uri}.\n{describe_store(client, uri)}")
+    frame = search_frame(client, [exp.experiment_id])
+    if frame.empty:
+        raise NoRuns(f"experiment {experiment!r} has no runs.\n{describe_store(client, uri)}")
+    frame = frame.assign(sweep=_sweep_of(frame))
+    if sweep is None:  # the sweep of the most recently started run
+        sweep = frame.sort_values("start_time").sweep.iloc[-1]
+    if sweep != "all":
+        frame = frame[frame.sweep == sweep].reset_index(drop=True)
+    if frame.empty:
+        raise NoRuns(f"no runs of sweep {sweep!r} in experiment {experiment!r}.\n"
+                     f"{describe_store(client, uri)}")
+    frame.insert(2, "status", run_status(frame))
+    return SweepRuns(uri, experiment, sweep, frame, fetch_histories(client, frame, uri))
+
+
+def parameter_order(uri: str, run_id: str) -> pd.DataFrame | None:
+    """The run's init_report.csv (param, shape, ... in model order), or None where it has none."""
+    client = MlflowClient(uri)
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no progress bar for one small file
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
+        try:
+            path = client.download_artifacts(run_id, "init_report.csv", tmp)
+        except (MlflowException, OSError):
+            return None
+        report = pd.read_csv(path, dtype={"param": str, "shape": str})
+    return report if {"param", "shape"} <= set(report.columns) else None

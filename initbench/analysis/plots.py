@@ -1,0 +1,113 @@
+"""PNG plots of a sweep, one line per init (or per group), a band or bars over seeds (min to max).
+
+One panel per combination of the other group keys (model, dataset, ...). matplotlib with the Agg
+backend: no display needed, nothing shown.
+"""
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .stats import COUNTED_ONLY  # noqa: E402
+
+
+def _panels(runs: pd.DataFrame, group_keys: list[str], line_key: str | None):
+    """(title, {line label: run ids}) per panel, plus the diverged run ids per line label."""
+    panel_keys = [k for k in group_keys if k != line_key]
+    by_panel = runs.groupby(panel_keys, dropna=False) if panel_keys else [((), runs)]
+    for key, panel in by_panel:
+        key = key if isinstance(key, tuple) else (key,)
+        title = ", ".join(f"{k}={v}" for k, v in zip(panel_keys, key, strict=True))
+        label_of = (panel[line_key].astype(str) if line_key
+                    else panel[group_keys].astype(str).agg(" ".join, axis=1))
+        yield title, panel.assign(_label=label_of)
+
+
+def _figure(n: int, height: float = 4.0):
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, height), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _band(ax, curves: pd.DataFrame, label: str, color, marker=None):
+    """Mean over runs with a min-max band (or error bars with markers) at each step."""
+    stats = curves.groupby("step").value.agg(["mean", "min", "max", "size"])
+    label = f"{label} (n={stats['size'].max()})"
+    if marker:
+        spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
+        ax.errorbar(stats.index, stats["mean"], yerr=spread, marker=marker, capsize=3, color=color,
+                    label=label)
+    else:
+        ax.plot(stats.index, stats["mean"], color=color, label=label)
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
+
+
+def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, group_keys: list[str], key: str, path: Path,
+                line_key: str | None = "init", per_epoch: bool = False) -> Path:
+    """`key` (train/loss per step, or test/acc per epoch) per line: mean with a min-max band over the used
+    runs; diverged runs' partial curves as thin dotted lines, an x where they stop."""
+    line_key = line_key if line_key in group_keys else None
+    panels = list(_panels(runs, group_keys, line_key))
+    fig, axes = _figure(len(panels))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    data = curves[curves.key == key]
+    log = key.endswith("loss")
+    finite = data.value[data.run_id.isin(runs.run_id[~runs.status.isin(COUNTED_ONLY)]) & (data.value > 0)]
+    top = finite.max() * 2 if len(finite) else math.inf
+    for ax, (title, panel) in zip(axes, panels, strict=True):
+        for i, (label, members) in enumerate(panel.groupby("_label", sort=True)):
+            color = colors[i % len(colors)]
+            used = data[data.run_id.isin(members.run_id[~members.status.isin(COUNTED_ONLY)])]
+            if len(used):
+                _band(ax, used, label, color, marker="o" if per_epoch else None)
+            for run_id in members.run_id[members.status == "diverged"]:
+                partial = data[data.run_id == run_id]
+                if len(partial):  # clipped to the used runs' range, so that a blow-up does not flatten them
+                    values = partial.value.clip(upper=top) if log else partial.value
+                    ax.plot(partial.step, values, ":", color=color, linewidth=0.8)
+                    ax.plot(partial.step.iloc[-1:], values.iloc[-1:], "x", color=color)
+        ax.set_title(title or key)
+        ax.set_xlabel("epoch" if per_epoch else "step (batch)")
+        ax.set_ylabel(key)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{key}: mean over seeds, band/bars min to max; dotted: diverged runs", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_grad_norms(grad_table: pd.DataFrame, group_keys: list[str], path: Path,
+                    line_key: str | None = "init") -> Path:
+    """Mean first-epoch gradient norm of each layer weight (model order), one line per init, log scale."""
+    line_key = line_key if line_key in group_keys else None
+    layers = grad_table[grad_table.is_layer.fillna(False).astype(bool)]
+    panels = list(_panels(layers, group_keys, line_key)) if len(layers) else [("no gradient norms", layers)]
+    fig, axes = _figure(len(panels))
+    for ax, (title, panel) in zip(axes, panels, strict=True):
+        if "_label" in panel:
+            names = panel.sort_values("position").drop_duplicates("position")
+            x_of = {p: i for i, p in enumerate(names.position)}
+            for label, rows in panel.groupby("_label", sort=True):
+                rows = rows.sort_values("position")
+                ax.plot(rows.position.map(x_of), rows["mean"], marker="o", markersize=3, label=label)
+            ax.set_xticks(range(len(names)), names.param, rotation=60, ha="right", fontsize=7)
+            ax.legend(fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_ylabel("first-epoch gradient norm")
+        ax.grid(alpha=0.3)
+    fig.suptitle("gradient norm per layer weight, mean over the first epoch's steps and the seeds",
+                 fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,112 @@
+"""The summary as a GitHub-flavoured markdown table, the files of results/, and the summary MLflow run."""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..tracking import Tracker
+from .load import SUMMARY_TAG, SWEEP_TAG
+from .stats import CI_LEVEL, RESAMPLES
+
+MAX_NOTE = 5000  # characters of the table kept as the summary run's description (a tag value)
+
+
+def _pct(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{100 * mean:.2f}" + ("" if pd.isna(std) else f" ± {100 * std:.2f}")
+
+
+def _loss(mean: float, std: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.4g}" + ("" if pd.isna(std) else f" ± {std:.2g}")
+
+
+def _ci(low: float, high: float) -> str:
+    return "—" if pd.isna(low) else f"[{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def _steps(median: float, reached: int, used: int) -> str:
+    if used == 0 or pd.isna(median):
+        return "—"
+    return f"{'never' if math.isinf(median) else f'{median:.0f}'} ({reached}/{used})"
+
+
+def _number(value: float, spec: str) -> str:
+    return "—" if pd.isna(value) else format(value, spec)
+
+
+def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str | None,
+                   loss_threshold: float, title: str) -> str:
+    """The ranked table with a caption (keys that are the same for every group) and footnotes."""
+    varying = [k for k in group_keys if summary[k].astype(str).nunique() > 1] or group_keys[-1:]
+    same = {k: summary[k].iloc[0] for k in group_keys if k not in varying}
+    has_p = summary.p_welch.notna().any()
+    header = ["#", *varying, "n", "diverged", "failed", "final test acc %", f"{CI_LEVEL:.0%} CI",
+              "best test acc %", "final train loss", f"steps to loss ≤ {loss_threshold:g}",
+              "grad norm first/last"]
+    if has_p:
+        header += [f"Δ acc vs {baseline} (pp)", "p (Welch)"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("--:" if h in ("#", "n", "diverged", "failed") else "---" for h in header) + "|"]
+    for rank, row in enumerate(summary.itertuples(), start=1):
+        mark = " †" if row.n_incomplete else ""
+        cells = [str(rank), *(str(getattr(row, k)) for k in varying), str(row.n_runs), str(row.n_diverged),
+                 str(row.n_failed), _pct(row.final_test_acc_mean, row.final_test_acc_std) + mark,
+                 _ci(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
+                 _pct(row.best_test_acc_mean, row.best_test_acc_std),
+                 _loss(row.final_train_loss_mean, row.final_train_loss_std),
+                 _steps(row.steps_to_loss_median, row.n_reached_loss, row.n_used),
+                 _number(row.grad_norm_ratio, ".3g")]
+        if has_p:
+            cells += [_number(100 * row.delta_vs_baseline, "+.2f"), _number(row.p_welch, ".3g")]
+        lines.append("| " + " | ".join(cells) + " |")
+    caption = title + (" (" + ", ".join(f"{k}={v}" for k, v in same.items()) + ")" if same else "")
+    notes = [
+        f"Ranked by mean final test accuracy. n: runs (seeds) in the group. Mean ± std (ddof 1) and "
+        f"{CI_LEVEL:.0%} CI (percentile bootstrap of the mean, {RESAMPLES:,} resamples) are over the "
+        "n − diverged − failed runs that neither diverged nor failed: **diverged and failed runs are "
+        "counted, not averaged in**.",
+        "final train loss: mean batch loss of the last epoch. steps to loss ≤ X: median first step "
+        "whose batch loss ≤ X, with how many runs reached it (never: fewer than half did).",
+        "grad norm first/last: first-epoch gradient norm of the first layer's weight over the last "
+        "layer's (each the mean over the epoch's steps and the seeds); ≪ 1: gradients vanish toward "
+        "the input, ≫ 1: they explode.",
+    ]
+    if has_p:
+        notes.append(f"Δ and p: final test accuracy against init={baseline} with the same other keys "
+                     "(Welch's t-test, two-sided).")
+    flagged = summary.loc[summary.notes.astype(bool), "notes"]
+    if len(flagged):
+        notes.append("† includes runs with missing metrics, averaged with what they logged: "
+                     + "; ".join(flagged))
+    return "\n".join([caption, "", *lines, "", *notes]) + "\n"
+
+
+def write_outputs(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame,
+                  grad_table: pd.DataFrame, markdown: str, group_keys: list[str]) -> list[Path]:
+    """summary.md, summary.csv, runs.csv (one row per run), curves.csv (the train/test histories, one
+    row per point, with the run's keys and status) and grad_norms.csv (per group and parameter)."""
+    out.mkdir(parents=True, exist_ok=True)
+    who = runs[["run_id", "run_name", *group_keys, "seed", "status"]]
+    files = {"summary.csv": summary, "runs.csv": runs, "curves.csv": who.merge(curves, on="run_id"),
+             "grad_norms.csv": grad_table}
+    for name, frame in files.items():
+        frame.to_csv(out / name, index=False)
+    (out / "summary.md").write_text(markdown)
+    return [out / name for name in ("summary.md", *files)]
+
+
+def log_summary_run(uri: str, experiment: str, sweep: str, files: list[Path], params: dict[str, str],
+                    markdown: str) -> str:
+    """A run `summary-<sweep>` in the sweep's experiment holding the files as artifacts and the table as
+    its description; tagged initbench.summary=true so that analysis never counts it as a job."""
+    tracker = Tracker(uri, experiment)
+    tags = {SUMMARY_TAG: "true", SWEEP_TAG: sweep, "mlflow.note.content": markdown[:MAX_NOTE]}
+    run_id = tracker.start(f"summary-{sweep}", params, tags)
+    for path in files:
+        tracker.log_artifact(path)
+    tracker.end("finished")
+    return run_id

@@ -1,0 +1,131 @@
+"""Datasets as normalized tensors on the training device: a batch is an index into them.
+
+`digits` is scikit-learn's bundled 8x8 set (offline); `mnist`, `fashion_mnist` and `cifar10` are read
+with torchvision's own dataset classes from `data_dir`, downloaded there on first use.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from omegaconf import DictConfig
+from torch.nn import functional as F
+
+from .models import DataShape
+
+
+@dataclass
+class Dataset:
+    """Train and test images (N, C, H, W) float32, normalized with the training set's per-channel
+    mean and std, and integer labels, all on one device."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def shape(self) -> DataShape:
+        _, c, h, w = self.train_x.shape
+        return DataShape(c, h, w, int(max(self.train_y.max(), self.test_y.max())) + 1)
+
+
+class DatasetUnavailable(FileNotFoundError):
+    """A torchvision dataset is not in data_dir and could not be downloaded."""
+
+
+def _digits(cfg) -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images[:, None].astype(np.float32)  # (1797, 1, 8, 8), values 0..16
+    return train_test_split(
+        images,
+        digits.target,
+        test_size=cfg.get("test_fraction", 0.2),
+        stratify=digits.target,
+        random_state=cfg.get("split_seed", 0),
+    )
+
+
+# name -> (torchvision class, folder it keeps under data_dir, files it reads there)
+TORCHVISION = {
+    "mnist": (torchvision.datasets.MNIST, "MNIST/raw",
+              ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    "fashion_mnist": (torchvision.datasets.FashionMNIST, "FashionMNIST/raw",
+                      ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py",
+                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
+}
+VALID = ["digits", *TORCHVISION]
+
+
+def _open_torchvision(name: str, root: Path, train: bool):
+    cls, folder, files = TORCHVISION[name]
+    try:
+        return cls(str(root), train=train, download=False)
+    except RuntimeError:
+        pass  # not there yet: try to download it
+    try:
+        return cls(str(root), train=train, download=True)
+    except Exception as err:  # no network, a mirror down, a corrupt archive ...
+        raise DatasetUnavailable(
+            f"dataset {name!r} is not in {root / folder} (expected files: {', '.join(files)}) and could "
+            f"not be downloaded: {type(err).__name__}: {err}. Download it on a machine with network "
+            f"access (python -m initbench dataset={name} there, then copy {root}) or point "
+            f"paths.data_dir (or INITBENCH_DATA_DIR) at a folder that has it; to run offline, use "
+            f"dataset=digits."
+        ) from err
+
+
+def _as_nchw(images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:  # (N, H, W) grayscale
+        return images[:, None]
+    return images.transpose(0, 3, 1, 2)  # CIFAR: (N, H, W, C)
+
+
+def _torchvision(name: str, root: Path) -> tuple[np.ndarray, ...]:
+    train, test = (_open_torchvision(name, root, flag) for flag in (True, False))
+    return (_as_nchw(train.data), _as_nchw(test.data),
+            np.asarray(train.targets), np.asarray(test.targets))
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int):
+    if size is None or size >= len(y):
+        return x, y
+    if size < 1:
+        raise ValueError(f"dataset.train_size must be >= 1 or null, got {size}")
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size]
+    return x[keep], y[keep]
+
+
+def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.device | str = "cpu",
+                 image_size: int | None = None) -> Dataset:
+    """Load the dataset `cfg.name`, resize to image_size x image_size if given, normalize per
+    channel with the training set's statistics, and put it on `device`."""
+    name = cfg.get("name")
+    if name == "digits":
+        train_x, test_x, train_y, test_y = _digits(cfg)
+    elif name in TORCHVISION:
+        train_x, test_x, train_y, test_y = _torchvision(name, Path(data_dir).expanduser())
+    else:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(VALID)}")
+
+    def to_tensors(x, y):
+        x = torch.as_tensor(x).to(device=device, dtype=torch.float32)
+        if image_size is not None and x.shape[-1] != image_size:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        return x, torch.as_tensor(y, dtype=torch.long, device=device)
+
+    train_x, train_y = _subset(*to_tensors(train_x, train_y), cfg.get("train_size"), cfg.get("split_seed", 0))
+    test_x, test_y = to_tensors(test_x, test_y)
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    return Dataset(name, (train_x - mean) / std, train_y, (test_x - mean) / std, test_y)

@@ -1,0 +1,29 @@
+"""Weight-init policies: declarative rules over a registry of schemes, with a report and a probe.
+
+    from initbench.init import build_policy
+    policy = build_policy(cfg.init)                       # a conf/init/*.yaml file
+    report = policy.apply(model, generator, batch=None)   # batch: real inputs if policy.needs_data
+    report.to_csv(run_dir)                                # init_report.csv
+    print(report)
+
+Modules: schemes (the registry), functional (init functions torch lacks), matching (where-clauses),
+policy (rules -> fills), report (InitReport), lsuv (data-dependent rescaling), probe (signal_probe).
+"""
+
+from .policy import InitError, InitPolicy, Rule, build_policy
+from .probe import signal_probe
+from .report import REPORT_COLUMNS, InitReport
+from .schemes import SCHEMES, Scheme, register
+
+__all__ = [
+    "REPORT_COLUMNS",
+    "SCHEMES",
+    "InitError",
+    "InitPolicy",
+    "InitReport",
+    "Rule",
+    "Scheme",
+    "build_policy",
+    "register",
+    "signal_probe",
+]

@@ -1,0 +1,89 @@
+"""Model families by name, or any importable nn.Module through `_target_`."""
+
+import inspect
+from dataclasses import dataclass
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .lenet import LeNet
+from .lstm import RowLSTM
+from .mlp import MLP
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model needs to know of its data: input (C, H, W) and the number of classes."""
+
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+
+    @property
+    def in_features(self) -> int:
+        return self.channels * self.height * self.width
+
+
+def _lenet(cfg: dict, shape: DataShape) -> nn.Module:
+    return LeNet(shape.channels, shape.height, shape.num_classes)
+
+
+def _mlp(cfg: dict, shape: DataShape) -> nn.Module:
+    return MLP(
+        shape.in_features,
+        shape.num_classes,
+        depth=cfg.get("depth", 3),
+        width=cfg.get("width", 256),
+        activation=cfg.get("activation", "relu"),
+        batch_norm=cfg.get("batch_norm", False),
+    )
+
+
+def _lstm(cfg: dict, shape: DataShape) -> nn.Module:
+    return RowLSTM(
+        shape.channels * shape.width,
+        shape.num_classes,
+        hidden_size=cfg.get("hidden_size", 128),
+        num_layers=cfg.get("num_layers", 1),
+    )
+
+
+FAMILIES = {"lenet": _lenet, "mlp": _mlp, "lstm": _lstm}
+# Config keys that describe the data a model wants, not constructor arguments.
+_NOT_ARGS = {"_target_", "name", "image_size"}
+
+
+def _user_model(cfg: dict, shape: DataShape) -> nn.Module:
+    """Instantiate cfg['_target_'] with the config's arguments; fill in `in_channels`, `in_features`,
+    `image_size` and `num_classes` from the data where the constructor takes them and the config
+    does not give them."""
+    cls = get_class(cfg["_target_"])
+    args = {k: v for k, v in cfg.items() if k not in _NOT_ARGS}
+    from_data = {
+        "in_channels": shape.channels,
+        "in_features": shape.in_features,
+        "image_size": shape.height,
+        "num_classes": shape.num_classes,
+    }
+    accepted = inspect.signature(cls).parameters
+    args.update({k: v for k, v in from_data.items() if k in accepted and k not in args})
+    model = cls(**args)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model._target_ {cfg['_target_']!r} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def build_model(cfg: DictConfig | dict, shape: DataShape) -> nn.Module:
+    """Build the model a `model/` config names, sized for `shape`, with PyTorch's default init."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if "_target_" in cfg:
+        return _user_model(cfg, shape)
+    name = cfg.get("name")
+    if name not in FAMILIES:
+        raise ValueError(
+            f"unknown model {name!r}; valid: {', '.join(sorted(FAMILIES))}, "
+            "or a model config with _target_: your.module.YourNet"
+        )
+    return FAMILIES[name](cfg, shape)

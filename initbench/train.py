@@ -1,0 +1,154 @@
+"""The training loop for one model: data on the device, a batch is an index, metrics flushed per epoch.
+
+fit() knows nothing of MLflow: it hands metric points (key, value, step) to a `log` callback once per
+epoch. Steps: `train/loss` and `grad_norm/<param>` use the global step k = 1, 2, ... (the k-th batch);
+`train/acc`, `test/loss`, `test/acc` use the epoch (1-based); the init probe's `act_std/<layer>` and
+`backprop_std/<layer>` use step 0.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .data import Dataset
+from .init import signal_probe
+
+MetricPoint = tuple[str, float, int]  # (key, value, step)
+LogFn = Callable[[list[MetricPoint]], None]
+
+
+@dataclass
+class FitResult:
+    status: str  # "finished" or "diverged"
+    final: dict[str, float] = field(default_factory=dict)  # last epoch's train/test loss and acc
+    steps: int = 0  # optimizer steps taken
+
+
+def resolve_device(name: str, job_index: int = 0) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; any other name is passed to torch.device. On a machine
+    with several GPUs, `auto` spreads the jobs of a sweep over them: job i gets cuda:(i mod count)."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"trainer.device={name!r} but CUDA is not available here; use auto or cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", job_index % torch.cuda.device_count())
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def probe_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[MetricPoint]:
+    """The init probe's per-layer activation and backpropagated-gradient std, as step-0 points."""
+    table = signal_probe(model, x, y)
+    return [(f"{kind}/{row.layer}", float(getattr(row, kind)), 0)
+            for row in table.itertuples() for kind in ("act_std", "backprop_std")]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on (x, y), in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        loss += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    model.train(was_training)
+    return loss.item() / len(y), correct.item() / len(y)
+
+
+def _first_non_finite(values: list[float]) -> int | None:
+    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+
+
+def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: LogFn | None = None) -> FitResult:
+    """Train `model` on `data` for trainer.epochs; the data order comes from `seed` alone.
+
+    trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress.
+    optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...).
+    A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;
+    the steps before it are logged.
+    """
+    log = log or (lambda points: None)
+    device = data.train_x.device
+    model.to(device).train()
+    named = list(model.named_parameters())
+    opt = instantiate(optimizer)([p for _, p in named])
+    n, batch = len(data.train_y), trainer.batch_size
+    steps_per_epoch = math.ceil(n / batch)
+    total_steps = trainer.epochs * steps_per_epoch
+    schedule = None
+    if trainer.schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    elif trainer.schedule != "constant":
+        raise ValueError(f"unknown trainer.schedule {trainer.schedule!r}; valid: constant, cosine")
+    order = torch.Generator().manual_seed(seed)
+
+    log(probe_points(model, data.train_x[:batch], data.train_y[:batch]))
+    progress = tqdm(total=total_steps, disable={"auto": None, True: False, False: True}[trainer.progress],
+                    desc="train", unit="step", leave=False)
+    result = FitResult("finished")
+    for epoch in range(1, trainer.epochs + 1):
+        first_epoch = epoch == 1
+        perm = torch.randperm(n, generator=order).to(device)
+        losses = torch.empty(steps_per_epoch, device=device)
+        grad_norms = torch.empty(steps_per_epoch, len(named), device=device) if first_epoch else None
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch:(i + 1) * batch]
+            x, y = data.train_x[idx], data.train_y[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            if first_epoch:
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in named]
+                grad_norms[i] = torch.stack(torch._foreach_norm(grads))
+            opt.step()
+            if schedule is not None:
+                schedule.step()
+            losses[i] = loss.detach()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+            progress.update()
+
+        # the one CPU-GPU synchronization of the epoch
+        step_losses = losses.tolist()
+        step0 = (epoch - 1) * steps_per_epoch
+        bad = _first_non_finite(step_losses)
+        kept = step_losses if bad is None else step_losses[:bad]
+        points = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
+        if first_epoch:
+            points += [(f"grad_norm/{name}", v, i + 1)
+                       for i, row in enumerate(grad_norms[:len(kept)].tolist())
+                       for (name, _), v in zip(named, row, strict=True)]
+        result.steps = step0 + len(kept)
+        if bad is not None:
+            log(points)
+            result.status = "diverged"
+            break
+        train_loss, train_acc = loss_sum.item() / n, correct.item() / n
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size)
+        result.final = {"train/loss": train_loss, "train/acc": train_acc,
+                        "test/loss": test_loss, "test/acc": test_acc}
+        points += [("train/acc", train_acc, epoch), ("test/acc", test_acc, epoch)]
+        if not math.isfinite(test_loss):  # the last steps blew the weights up
+            log(points)
+            result.status = "diverged"
+            break
+        log(points + [("test/loss", test_loss, epoch)])
+        progress.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", test_acc=f"{test_acc:.3f}")
+    progress.close()
+    return result

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real Hydra config, composed once per test and shrunk for speed."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_config(overrides: list[str] = (), store: Path | None = None) -> DictConfig:
+    """The project's config with `overrides`, shrunk to a quick CPU run (1 epoch unless the
+    overrides say otherwise) logging into `store`."""
+    quick = {"trainer.epochs": 1, "trainer.progress": False, "trainer.device": "cpu"}
+    given = {o.split("=", 1)[0] for o in overrides}
+    overrides = [f"{k}={v}" for k, v in quick.items() if k not in given] + list(overrides)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    if store is not None:
+        with open_dict(cfg):
+            cfg.tracking.uri = f"sqlite:///{store / 'mlflow.db'}"
+    return cfg
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A fresh folder for a run's MLflow store."""
+    return tmp_path

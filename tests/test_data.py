@@ -1,0 +1,95 @@
+"""Datasets: the offline digits set, and torchvision's real loaders on files written in their formats."""
+
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from initbench.data import DatasetUnavailable, load_dataset
+
+
+def test_digits_is_a_fixed_stratified_normalized_split():
+    a = load_dataset({"name": "digits", "test_fraction": 0.2, "split_seed": 0}, "/nonexistent")
+    b = load_dataset({"name": "digits", "test_fraction": 0.2, "split_seed": 0}, "/nonexistent")
+    assert a.train_x.shape == (1437, 1, 8, 8) and a.test_x.shape == (360, 1, 8, 8)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert a.train_x.dtype == torch.float32 and a.train_y.dtype == torch.long
+    assert abs(a.train_x.mean().item()) < 1e-5 and abs(a.train_x.std().item() - 1) < 1e-4
+    train_share = torch.bincount(a.train_y) / len(a.train_y)
+    test_share = torch.bincount(a.test_y) / len(a.test_y)
+    assert (train_share - test_share).abs().max() < 0.01  # stratified
+    assert a.shape.num_classes == 10
+
+
+def test_digits_resized_and_subset():
+    d = load_dataset({"name": "digits", "train_size": 100, "split_seed": 3}, "/x", image_size=32)
+    assert d.train_x.shape == (100, 1, 32, 32) and d.test_x.shape[1:] == (1, 32, 32)
+
+
+def test_unknown_dataset_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; valid: digits, mnist, fashion_mnist, cifar10"):
+        load_dataset({"name": "imagenet"}, "/x")
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """The idx format MNIST ships in: magic (0, 0, dtype 0x08 = ubyte, ndim), big-endian dims, data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_format_files_are_read_by_torchvision(tmp_path, name, folder):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    train_images = rng.integers(0, 256, (50, 28, 28))
+    train_labels = np.arange(50) % 10
+    write_idx(raw / "train-images-idx3-ubyte", train_images)
+    write_idx(raw / "train-labels-idx1-ubyte", train_labels)
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (20, 28, 28)))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(20) % 10)
+    data = load_dataset({"name": name}, tmp_path)
+    assert data.train_x.shape == (50, 1, 28, 28) and data.test_x.shape == (20, 1, 28, 28)
+    assert data.train_y.tolist() == train_labels.tolist()
+    # normalized from the real pixel values, not re-ordered
+    pixels = torch.tensor(train_images, dtype=torch.float32)
+    expected = (pixels - pixels.mean()) / pixels.std()
+    assert torch.allclose(data.train_x[:, 0], expected, atol=1e-5)
+
+
+def test_cifar10_format_files_are_read_by_torchvision(tmp_path, monkeypatch):
+    # CIFAR-10 checks each batch file's md5 against the real archive's; only the test patches that.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072)).astype(np.uint8), "labels": list(range(4))}
+        batches[name] = batch
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    data = load_dataset({"name": "cifar10"}, tmp_path, image_size=32)
+    assert data.train_x.shape == (20, 3, 32, 32) and data.test_x.shape == (4, 3, 32, 32)
+    first = torch.tensor(batches["data_batch_1"]["data"][0].reshape(3, 32, 32), dtype=torch.float32)
+    # channel 0 of image 0, un-normalized with the training set's channel statistics
+    raw = torch.stack([torch.tensor(batches[f"data_batch_{i}"]["data"].reshape(4, 3, 32, 32)) for i in range(1, 6)])
+    raw = raw.flatten(0, 1).float()
+    mean, std = raw[:, 0].mean(), raw[:, 0].std()
+    assert torch.allclose(data.train_x[0, 0], (first[0] - mean) / std, atol=1e-5)
+
+
+def test_missing_dataset_names_folder_files_and_offline_alternative(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    with pytest.raises(DatasetUnavailable) as info:
+        load_dataset({"name": "mnist"}, tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "dataset=digits" in message
+    assert "network is unreachable" in message

@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch import nn
+
+from initbench.models import DataShape, build_model
+
+
+def test_lenet_is_the_docs_net_for_cifar_shapes():
+    model = build_model({"name": "lenet"}, DataShape(3, 32, 32, 10))
+    assert [n for n, _ in model.named_children()] == ["conv1", "pool", "conv2", "fc1", "fc2", "fc3"]
+    assert model.fc1.in_features == 16 * 6 * 6
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("channels,size,classes", [(1, 28, 10), (1, 16, 4), (3, 64, 100)])
+def test_lenet_computes_its_flatten_size(channels, size, classes):
+    model = build_model({"name": "lenet"}, DataShape(channels, size, size, classes))
+    assert model(torch.zeros(2, channels, size, size)).shape == (2, classes)
+
+
+def test_lenet_rejects_images_too_small_with_the_fix():
+    with pytest.raises(ValueError, match="model.image_size=32"):
+        build_model({"name": "lenet"}, DataShape(1, 8, 8, 10))
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "sigmoid", "selu", "gelu"])
+def test_mlp_depth_30_with_every_activation(activation):
+    model = build_model({"name": "mlp", "depth": 30, "width": 32, "activation": activation,
+                         "batch_norm": activation == "relu"}, DataShape(1, 8, 8, 10))
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 31
+    assert model(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_mlp_unknown_activation_lists_valid_ones():
+    with pytest.raises(ValueError, match="'swish'.*gelu, leaky_relu, relu, selu, sigmoid, tanh"):
+        build_model({"name": "mlp", "activation": "swish"}, DataShape(1, 8, 8, 10))
+
+
+def test_lstm_reads_rows_as_a_sequence():
+    model = build_model({"name": "lstm", "hidden_size": 16, "num_layers": 2}, DataShape(1, 28, 28, 10))
+    assert model.rnn.input_size == 28 and model.rnn.num_layers == 2
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+class TinyNet(nn.Module):
+    """A user's own network: build_model fills in in_features and num_classes from the data."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_user_model_through_target():
+    model = build_model({"_target_": "tests.test_models.TinyNet", "name": "tiny", "hidden": 5},
+                        DataShape(1, 8, 8, 10))
+    assert isinstance(model, TinyNet) and model.body[1].out_features == 5
+    assert model.body[1].in_features == 64
+
+
+def test_unknown_model_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'resnet'; valid: lenet, lstm, mlp"):
+        build_model({"name": "resnet"}, DataShape(1, 8, 8, 10))

@@ -1,0 +1,105 @@
+"""End to end: `python -m initbench` logs one MLflow run per job with the conventions analysis relies on."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from initbench.run import run
+
+from .conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def runs_of(store: Path, experiment: str = "initbench"):
+    """The runs of `experiment` in the store under `store`, and a client for it."""
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return (client.search_runs([found.experiment_id]) if found else []), client
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python -m initbench` the way a user does, in `cwd`, on the CPU."""
+    env = {**os.environ, "INITBENCH_DATA_DIR": str(cwd / "data"), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "initbench", *args, "trainer.device=cpu"], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_run_logs_params_tags_metrics_and_artifacts(store):
+    cfg = compose_config(["model=lenet", "init=kaiming", "dataset.train_size=256", "seed=7"], store)
+    result = run(cfg)
+    [logged], client = runs_of(store)
+    assert logged.info.run_name == "lenet-kaiming-digits-s7"
+    assert logged.info.status == "FINISHED"
+    params, tags = logged.data.params, logged.data.tags
+    assert params["model.name"] == "lenet" and params["init.name"] == "kaiming"
+    assert params["dataset.name"] == "digits" and params["seed"] == "7"
+    assert params["optimizer._target_"] == "torch.optim.SGD"
+    assert tags["initbench.status"] == "finished"
+    for tag in ("initbench.sweep", "initbench.version", "initbench.torch", "initbench.device",
+                "initbench.config_hash"):
+        assert tags[tag]
+    metrics = logged.data.metrics
+    assert metrics["test/acc"] == pytest.approx(result.final["test/acc"])
+    history = client.get_metric_history(logged.info.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2]  # 256 examples in batches of 128
+    assert "grad_norm/conv1.weight" in metrics and "act_std/fc3" in metrics
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert {"config.yaml", "init_report.csv"} <= artifacts
+
+
+def test_main_command_trains_and_prints_the_ui_command(tmp_path):
+    done = cli("init=kaiming", "model=lenet", "dataset.train_size=256", "trainer.epochs=1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in done.stdout
+    [logged], _ = runs_of(tmp_path)
+    assert logged.info.run_name == "lenet-kaiming-digits-s0"
+
+
+def test_multirun_makes_one_run_per_job_sharing_a_sweep_tag(tmp_path):
+    done = cli("-m", "init=default,kaiming", "seed=0,1", "model=mlp", "dataset.train_size=128",
+               "trainer.epochs=1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    runs, _ = runs_of(tmp_path)
+    names = sorted(r.info.run_name for r in runs)
+    assert names == ["mlp-default-digits-s0", "mlp-default-digits-s1", "mlp-kaiming-digits-s0",
+                     "mlp-kaiming-digits-s1"]
+    assert len({r.data.tags["initbench.sweep"] for r in runs}) == 1
+
+
+def test_diverged_run_is_a_result_and_exits_zero(tmp_path):
+    done = cli("model=mlp", "model.activation=leaky_relu", "init=ones", "optimizer.lr=1e6",
+               "dataset.train_size=256", "trainer.epochs=2",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [logged], _ = runs_of(tmp_path)
+    assert logged.data.tags["initbench.status"] == "diverged"
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # seed=1's model raises during training; seed=0 and seed=2 still run, and the sweep exits non-zero.
+    done = cli("-m", f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "model=exploding",
+               "seed=0,1,2", "dataset.train_size=256", cwd=tmp_path)
+    assert done.returncode != 0
+    runs, _ = runs_of(tmp_path)
+    status = {r.info.run_name: (r.data.tags["initbench.status"], r.info.status) for r in runs}
+    assert status == {"exploding-default-digits-s0": ("finished", "FINISHED"),
+                      "exploding-default-digits-s1": ("failed", "FAILED"),
+                      "exploding-default-digits-s2": ("finished", "FINISHED")}
+    failed = next(r for r in runs if r.info.run_name.endswith("s1"))
+    assert "boom: ExplodingNet was told to fail" in failed.data.tags["initbench.error"]
+
+
+@pytest.mark.parametrize("override,valid", [("model=resnet", ["lenet", "lstm", "mlp"]),
+                                            ("dataset=imagenet", ["cifar10", "digits", "fashion_mnist", "mnist"])])
+def test_unknown_group_option_lists_valid_ones(tmp_path, override, valid):
+    done = cli(override, cwd=tmp_path)
+    group, bad = override.split("=")
+    assert done.returncode != 0
+    assert f"Could not find '{group}/{bad}'" in done.stderr
+    assert f"Available options in '{group}':\n" + "".join(f"\t{v}\n" for v in valid) in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # nothing written

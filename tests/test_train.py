@@ -1,0 +1,84 @@
+"""The training loop: metrics and their steps, determinism, divergence."""
+
+import math
+
+import torch
+from omegaconf import OmegaConf
+
+from initbench.data import load_dataset
+from initbench.run import build_initialized_model
+from initbench.train import fit, resolve_device
+
+from .conftest import compose_config
+
+
+def train(overrides, epochs=1, train_size=256):
+    cfg = compose_config(overrides + [f"dataset.train_size={train_size}", f"trainer.epochs={epochs}"])
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu", image_size=cfg.model.get("image_size"))
+    model, _ = build_initialized_model(cfg, data)
+    points = []
+    result = fit(model, data, cfg.trainer, cfg.optimizer, cfg.seed, log=points.extend)
+    return result, points, model
+
+
+def by_key(points):
+    out = {}
+    for key, value, step in points:
+        out.setdefault(key, []).append((step, value))
+    return out
+
+
+def test_metrics_and_their_steps():
+    result, points, model = train(["model=mlp", "trainer.batch_size=64"], epochs=2)
+    metrics = by_key(points)
+    assert result.status == "finished" and result.steps == 8
+    assert [s for s, _ in metrics["train/loss"]] == list(range(1, 9))  # 256/64 = 4 steps per epoch
+    for key in ("train/acc", "test/loss", "test/acc"):
+        assert [s for s, _ in metrics[key]] == [1, 2]
+    names = [n for n, _ in model.named_parameters()]
+    for name in names:  # first epoch only, every step
+        assert [s for s, _ in metrics[f"grad_norm/{name}"]] == [1, 2, 3, 4]
+    assert all(v > 0 for _, v in metrics["grad_norm/head.weight"])
+    probe = [k for k in metrics if k.startswith(("act_std/", "backprop_std/"))]
+    assert "act_std/layers.0.0" in probe and "backprop_std/head" in probe
+    assert all(steps == [0] for k in probe for steps in [[s for s, _ in metrics[k]]])
+    # train/acc is the fraction of correct predictions over the epoch's batches
+    assert 0 <= metrics["train/acc"][0][1] <= 1 and result.final["test/acc"] == metrics["test/acc"][-1][1]
+
+
+def test_same_seed_same_curves_and_different_seed_different():
+    a = by_key(train(["seed=3"])[1])["train/loss"]
+    b = by_key(train(["seed=3"])[1])["train/loss"]
+    c = by_key(train(["seed=4"])[1])["train/loss"]
+    assert a == b
+    assert a != c
+
+
+def test_training_learns_digits():
+    result, _, _ = train(["model=mlp", "optimizer=adam"], epochs=3, train_size=1000)
+    assert result.final["test/acc"] > 0.85
+
+
+def test_non_finite_loss_ends_diverged_not_an_exception():
+    result, points, _ = train(["model=mlp", "model.activation=leaky_relu", "init=ones", "optimizer.lr=1e6"], epochs=3)
+    assert result.status == "diverged"
+    losses = [v for k, v, _ in points if k == "train/loss"]
+    assert all(math.isfinite(v) for v in losses)  # the steps before the blow-up only
+    assert "test/acc" not in by_key(points) or len(by_key(points)["test/acc"]) < 3
+
+
+def test_cosine_schedule_and_adam_run():
+    result, _, _ = train(["optimizer=adam", "trainer.schedule=cosine", "model=lstm", "model.hidden_size=16"])
+    assert result.status == "finished"
+
+
+def test_device_auto_is_cpu_here_and_named_cuda_fails_clearly():
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        try:
+            resolve_device("cuda")
+        except ValueError as err:
+            assert "CUDA is not available" in str(err)
+        else:
+            raise AssertionError("expected a ValueError")
+    assert OmegaConf.select(compose_config([]), "trainer.device") == "cpu"
