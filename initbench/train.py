@@ -6,6 +6,7 @@ epoch. Steps: `train/loss` and `grad_norm/<param>` use the global step k = 1, 2,
 `backprop_std/<layer>` use step 0.
 """
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from .data import Dataset
 from .init import signal_probe
 
+logger = logging.getLogger(__name__)
 MetricPoint = tuple[str, float, int]  # (key, value, step)
 LogFn = Callable[[list[MetricPoint]], None]
 
@@ -150,5 +152,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
             break
         log(points + [("test/loss", test_loss, epoch)])
         progress.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", test_acc=f"{test_acc:.3f}")
+        logger.info("epoch %d/%d: train loss %.4f acc %.4f, test loss %.4f acc %.4f",
+                        epoch, trainer.epochs, train_loss, train_acc, test_loss, test_acc)
     progress.close()
     return result

@@ -103,3 +103,16 @@ def test_unknown_group_option_lists_valid_ones(tmp_path, override, valid):
     assert f"Could not find '{group}/{bad}'" in done.stderr
     assert f"Available options in '{group}':\n" + "".join(f"\t{v}\n" for v in valid) in done.stderr
     assert not (tmp_path / "mlflow.db").exists()  # nothing written
+
+
+def test_probe_command_prints_the_signal_table_and_logs_nothing(tmp_path):
+    env = {**os.environ, "INITBENCH_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-m", "initbench.probe", "model=mlp", "model.depth=30", "init=xavier",
+                           "trainer.device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip().startswith(("layers.", "head "))]
+    signal = {r[0]: (float(r[1]), float(r[2])) for r in rows if len(r) == 3}
+    assert len(signal) == 31
+    # xavier under ReLU at depth 30: the activations fade layer by layer (He et al. 2015)
+    assert signal["layers.29.0"][0] < signal["layers.0.0"][0] / 100
+    assert not (tmp_path / "mlflow.db").exists()
