@@ -102,9 +102,7 @@ def d2l_bimodal_(
         return tensor.mul_((tensor.abs() >= low).to(tensor.dtype))
 
 
-def sparse_(
-    tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None
-) -> Tensor:
+def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None) -> Tensor:
     r"""Fill a 2-D `tensor` from :math:`\mathcal{N}(0, \text{std}^2)`, then zero
     :math:`\lceil \text{sparsity} \cdot \text{rows} \rceil` entries of each column.
 

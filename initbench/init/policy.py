@@ -64,13 +64,9 @@ class InitPolicy:
         return self.lsuv is not None
 
     def __str__(self) -> str:
-        lines = [f"init policy {self.name!r}:"] + [
-            f"  {rule}, args: {dict(rule.args)}" for rule in self.rules
-        ]
+        lines = [f"init policy {self.name!r}:"] + [f"  {rule}, args: {dict(rule.args)}" for rule in self.rules]
         lines += [f"  then LSUV: {self.lsuv}"] if self.lsuv else []
-        return "\n".join(
-            lines if self.rules or self.lsuv else [f"init policy {self.name!r}: PyTorch's default"]
-        )
+        return "\n".join(lines if self.rules or self.lsuv else [f"init policy {self.name!r}: PyTorch's default"])
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping) -> "InitPolicy":
@@ -103,9 +99,7 @@ class InitPolicy:
         if the policy needs data and `batch` (real training inputs, (N, ...)) is None.
         """
         if not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"apply needs a torch.Generator (torch.Generator().manual_seed(seed)), got {generator!r}"
-            )
+            raise TypeError(f"apply needs a torch.Generator (torch.Generator().manual_seed(seed)), got {generator!r}")
         if self.needs_data and batch is None:
             raise InitError(
                 f"init policy {self.name!r} is data-dependent (LSUV) and needs a batch of real training "
@@ -127,11 +121,7 @@ class InitPolicy:
             with torch.no_grad():
                 for tensor, old in saved:
                     tensor.copy_(old)
-            at = (
-                f"{plan.ref.name} (shape {shape_text(plan.ref.tensor.shape)}) <- {unit.rule}"
-                if plan
-                else "LSUV"
-            )
+            at = f"{plan.ref.name} (shape {shape_text(plan.ref.tensor.shape)}) <- {unit.rule}" if plan else "LSUV"
             raise InitError(
                 f"init policy {self.name!r} failed at {at}: {type(err).__name__}: {err}\n"
                 "  the model was restored as it was; fix the rule's scheme or args"
@@ -147,9 +137,7 @@ class InitPolicy:
                 hits = [r for r in self.rules if r.where.matches(ref, gate)]
                 matched.update(r.index for r in hits)
                 deciders.append(hits[0] if hits else None)
-            if all(d is deciders[0] for d in deciders) and (
-                deciders[0] is None or not deciders[0].where.gate
-            ):
+            if all(d is deciders[0] for d in deciders) and (deciders[0] is None or not deciders[0].where.gate):
                 units = [_Unit(deciders[0])]
             else:
                 size = ref.tensor.shape[0] // len(gates)
@@ -272,15 +260,13 @@ def _forget_bias_problems(plans: list[_Plan]) -> list[str]:
             if not (unit.rule and unit.rule.scheme is SCHEMES.get("lstm_forget_bias")):
                 continue
             ref = plan.ref
-            if unit.gate is not None or gates_of(ref.module, ref.role) != "ifgo":
-                what = (
-                    f"gate {unit.gate} of it"
-                    if unit.gate
-                    else f"the {ref.role} of a {type(ref.module).__name__}"
-                )
-                problem = (
-                    f"lstm_forget_bias fills a whole bias_ih/bias_hh of an nn.LSTM or LSTMCell, not {what}"
-                )
+            if (
+                unit.gate is not None
+                or ref.role not in ("bias_ih", "bias_hh")
+                or gates_of(ref.module, ref.role) != "ifgo"
+            ):
+                what = f"gate {unit.gate} of it" if unit.gate else f"the {ref.role} of a {type(ref.module).__name__}"
+                problem = f"lstm_forget_bias fills a whole bias_ih/bias_hh of an nn.LSTM or LSTMCell, not {what}"
                 fix = "where: {module: LSTM, param: [bias_ih, bias_hh]}, with no gate key"
                 problems.append(_param_problem(plan, unit, problem, fix))
                 continue

@@ -69,10 +69,11 @@ def signal_probe(
 ) -> pd.DataFrame:
     """One forward and backward pass of `model` (in train mode) on (`inputs`, `targets`).
 
-    Returns one row per module that directly owns parameters, in the order they first run in
-    forward (modules that never ran come last, with NaNs): ``act_std``, the std of that module's
-    output (for nn.LSTM the output sequence), and ``backprop_std``, the std of d loss / d output.
-    A module called twice (shared) is measured at its first call. Leaves no trace: no parameter
+    Returns one row per module that directly owns parameters, in the order their forward calls
+    return (so a parent that owns parameters comes after its children; the root is '(model)' and
+    modules that never ran come last, with NaNs): ``act_std``, the std of that module's output (for
+    nn.LSTM the output sequence), and ``backprop_std``, the std of d loss / d output. A module
+    called twice (shared) is measured at its first call. Leaves no trace: no parameter
     changes, no ``.grad`` is written (torch.autograd.grad), buffers, train/eval modes and the
     global RNG are restored.
     """

@@ -53,14 +53,10 @@ def parse_rule(policy: str, index: int, raw: object) -> Rule:
     try:
         where = parse_where(raw.get("where"))
     except ValueError as err:
-        raise fail(
-            str(err), f"a where-clause takes module, param, name and gate ({', '.join(GATES)})"
-        ) from None
+        raise fail(str(err), f"a where-clause takes module, param, name and gate ({', '.join(GATES)})") from None
     scheme_name, target = raw.get("scheme"), raw.get("_target_")
     if (scheme_name is None) == (target is None):
-        raise fail(
-            "a rule needs exactly one of scheme or _target_", "scheme: <registry name> or _target_: pkg.fn"
-        )
+        raise fail("a rule needs exactly one of scheme or _target_", "scheme: <registry name> or _target_: pkg.fn")
     if not isinstance(raw.get("optional", False), bool):
         raise fail(f"optional must be true or false, got {raw['optional']!r}", "optional: true")
     args = raw.get("args") or {}

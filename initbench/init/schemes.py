@@ -55,10 +55,6 @@ class Scheme:
     numbers: Mapping[str, type] = field(default_factory=dict)  # args that must be numbers: int or float
     any_args: bool = False  # fn takes **kwargs: no check of arg names
 
-    @property
-    def summary(self) -> str:
-        return inspect.getdoc(self.fn).splitlines()[0] if inspect.getdoc(self.fn) else ""
-
     def valid_args(self) -> list[str]:
         extra = GAIN_ALTERNATIVES if "gain" in self.defaults and "nonlinearity" not in self.defaults else ()
         return [*self.defaults, *extra]

@@ -1,0 +1,80 @@
+"""Every conf/init/*.yaml builds, composes through Hydra, and applies to every model it is meant for."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from initbench.init import REPORT_COLUMNS, InitError, build_policy
+from initbench.models import DataShape, build_model
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+POLICIES = sorted(p.stem for p in (CONF / "init").glob("*.yaml"))
+MODELS = {
+    "lenet": ({"name": "lenet"}, DataShape(3, 32, 32, 10)),
+    "mlp": ({"name": "mlp", "depth": 3, "width": 64}, DataShape(1, 28, 28, 10)),
+    "mlp_bn": ({"name": "mlp", "depth": 3, "width": 64, "batch_norm": True}, DataShape(1, 28, 28, 10)),
+    "lstm": ({"name": "lstm", "hidden_size": 32, "num_layers": 2}, DataShape(1, 28, 28, 10)),
+}
+# Policies written for one architecture; every other policy is meant for any model.
+ONLY_FOR = {"docs_mixed": {"lenet"}, "lstm_forget_bias": {"lstm"}}
+# Policies that draw no random numbers: the seed cannot change them.
+DETERMINISTIC = {"default", "zeros", "ones"}
+SHIPPED = {"default", "kaiming", "kaiming_uniform", "xavier", "xavier_normal", "lecun", "orthogonal", "normal",
+           "uniform", "zeros", "ones", "docs_mixed", "d2l_custom", "lstm_forget_bias", "lsuv"}  # fmt: skip
+
+
+def build(model_name: str, seed: int = 0):
+    cfg, shape = MODELS[model_name]
+    torch.manual_seed(seed)
+    model = build_model(cfg, shape)
+    batch = torch.randn(32, shape.channels, shape.height, shape.width, generator=torch.Generator().manual_seed(1))
+    return model, batch
+
+
+def apply(policy, model_name: str, seed: int):
+    model, batch = build(model_name)
+    report = policy.apply(model, torch.Generator().manual_seed(seed), batch=batch if policy.needs_data else None)
+    return model, report
+
+
+def test_every_required_policy_ships():
+    assert SHIPPED <= set(POLICIES)
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_policy_file_names_itself_and_composes_with_hydra(name):
+    raw = OmegaConf.load(CONF / "init" / f"{name}.yaml")
+    assert raw.name == name and "rules" in raw
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"init={name}"])
+    assert build_policy(cfg.init).name == name
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("name", POLICIES)
+def test_policy_applies_to_the_models_it_is_meant_for(name, model_name):
+    policy = build_policy(OmegaConf.load(CONF / "init" / f"{name}.yaml"))
+    if model_name not in ONLY_FOR.get(name, MODELS):
+        model, _ = build(model_name)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(InitError, match="matches no parameter"):
+            policy.apply(model, torch.Generator())
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        return
+    model, report = apply(policy, model_name, seed=0)
+    frame = report.frame
+    assert tuple(frame.columns) == REPORT_COLUMNS
+    assert frame["param"].tolist() == [n for n, _ in model.named_parameters()]
+    assert frame[["mean", "std", "min", "max"]].notna().all().all()
+    for param, tensor in model.named_parameters():  # BatchNorm keeps 1/0 under every policy
+        if re.fullmatch(r"layers\.\d+\.1\.(weight|bias)", param):
+            assert tensor.eq(1.0 if param.endswith("weight") else 0.0).all()
+    same, _ = apply(policy, model_name, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), same.parameters(), strict=True))
+    if name not in DETERMINISTIC:
+        other, _ = apply(policy, model_name, seed=1)
+        assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters(), strict=True))

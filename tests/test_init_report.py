@@ -1,0 +1,82 @@
+"""InitReport: its columns and CSV, its table, and what it says PyTorch's `default` init is."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from initbench.init import REPORT_COLUMNS, build_policy
+
+DEFAULT = build_policy({"name": "default", "rules": []})
+
+
+def default_report(module: nn.Module):
+    return DEFAULT.apply(module, torch.Generator())
+
+
+@pytest.mark.parametrize(("module", "fan_in"), [
+    (nn.Linear(300, 200), 300), (nn.Conv2d(16, 32, 3), 16 * 9), (nn.Conv1d(8, 24, 5), 40),
+])  # fmt: skip
+def test_default_reproduces_a_fresh_layers_bounds(module, fan_in):
+    """Linear/Conv: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)); the bias has the same bound."""
+    report = default_report(module)
+    bound = 1 / math.sqrt(fan_in)
+    for row in report.frame.itertuples():
+        assert row.scheme == "default"
+        assert row.expected_std == pytest.approx(bound / math.sqrt(3))
+        assert -bound <= row.min and row.max <= bound
+    weight = report.frame.iloc[0]
+    assert weight["std"] == pytest.approx(weight["expected_std"], rel=0.05)
+    assert (weight["fan_in"], weight["min"] < -0.9 * bound, weight["max"] > 0.9 * bound) == (fan_in, True, True)
+
+
+def test_default_lstm_batchnorm_embedding():
+    hidden = 64
+    lstm = default_report(nn.LSTM(50, hidden, num_layers=2)).frame
+    bound = 1 / math.sqrt(hidden)
+    assert lstm["expected_std"].tolist() == pytest.approx([bound / math.sqrt(3)] * 8)
+    assert (lstm["min"] >= -bound).all() and (lstm["max"] <= bound).all()
+    big = lstm[lstm["param"].str.startswith("weight")]
+    assert big["std"].tolist() == pytest.approx(big["expected_std"].tolist(), rel=0.05)
+    norm = default_report(nn.BatchNorm2d(16)).frame
+    assert norm["expected_std"].tolist() == [0.0, 0.0] and norm["mean"].tolist() == [1.0, 0.0]
+    embedding = default_report(nn.Embedding(2000, 64)).frame.iloc[0]
+    assert embedding["expected_std"] == 1.0 and embedding["std"] == pytest.approx(1.0, rel=0.03)
+
+
+def test_default_leaves_the_model_as_built():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 30 * 30, 10))
+    before = [p.clone() for p in model.parameters()]
+    default_report(model)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+
+
+def test_columns_csv_and_table(tmp_path):
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    policy = build_policy({"name": "kaiming", "rules": [
+        {"where": {"param": "weight"}, "scheme": "kaiming_normal", "args": {"nonlinearity": "relu"}}]})  # fmt: skip
+    report = policy.apply(model, torch.Generator().manual_seed(0))
+    assert tuple(report.frame.columns) == REPORT_COLUMNS
+    assert report.torch_version == torch.__version__ and report.lsuv is None
+    first = report.frame.iloc[0]
+    assert (first["param"], first["shape"], first["scheme"], first["fan_in"], first["fan_out"]) == (
+        "0.weight", "30x20", "kaiming_normal", 20, 30)  # fmt: skip
+    assert first["expected_std"] == pytest.approx(math.sqrt(2 / 20))
+    assert pd.isna(report.frame.iloc[1]["fan_in"])  # a bias has no fans
+
+    written = report.to_csv(tmp_path)
+    assert written == tmp_path / "init_report.csv"
+    back = pd.read_csv(written)
+    assert tuple(back.columns) == REPORT_COLUMNS and len(back) == 4
+    assert back["std"].tolist() == pytest.approx(report.frame["std"].tolist())
+    assert report.to_csv(tmp_path / "other.csv").exists()
+
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("init policy 'kaiming' (torch ") and "4 parameters" in lines[0]
+    assert lines[1].split() == list(REPORT_COLUMNS)
+    assert len({len(line) for line in lines[1:]}) == 1  # fixed width
+    assert "0.weight" in lines[2] and "kaiming_normal" in lines[2]
