@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .load import GRAD_PREFIX, HISTORY_KEYS, SUMMARY_TAG, NoRuns, SweepRuns, load_sweep, parameter_order
+from .load import HISTORY_KEYS, SUMMARY_TAG, NoRuns, SweepRuns, load_sweep, parameter_order
 from .plots import plot_curves, plot_grad_norms
 from .report import log_summary_run, markdown_table, write_outputs
 from .stats import first_epoch_grad_norms, group_grad_norms, per_run, summarize
@@ -50,14 +50,13 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     data = load_sweep(uri, experiment, sweep)
     keys = list(group_by)
     runs = per_run(data, keys, loss_threshold)
-    first = data.runs.run_id.iloc[0]
-    order = parameter_order(data.uri, first) if data.curves.key.str.startswith(GRAD_PREFIX).any() else None
-    grads = first_epoch_grad_norms(data, order)
+    grads = first_epoch_grad_norms(data, lambda run_id: parameter_order(data.uri, run_id))
     summary = summarize(runs, grads, keys, baseline)
     grad_table = group_grad_norms(runs, grads, keys)
     title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in "
              f"{len(summary)} groups")
-    markdown = markdown_table(summary, keys, baseline, loss_threshold, title)
+    superseded = [f"{r.run_name} ({r.status})" for r in data.superseded.itertuples()]
+    markdown = markdown_table(summary, keys, baseline, loss_threshold, title, superseded)
 
     out = Path(out) if out is not None else Path("results") / data.sweep
     curves = data.curves[data.curves.key.isin(HISTORY_KEYS)]

@@ -8,7 +8,7 @@ lists the parameters in model order.
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from ..tracking import resolve_uri
 
 STATUS_TAG, SWEEP_TAG = "initbench.status", "initbench.sweep"
+HASH_TAG = "tags.initbench.config_hash"  # the column of the tag that names a run's exact config
 SUMMARY_TAG = "initbench.summary"  # marks the summary runs this module's caller logs: never analyzed
 HISTORY_KEYS = ("train/loss", "train/acc", "test/loss", "test/acc")
 GRAD_PREFIX = "grad_norm/"
@@ -40,6 +41,7 @@ class SweepRuns:
     sweep: str
     runs: pd.DataFrame
     curves: pd.DataFrame
+    superseded: pd.DataFrame = field(default_factory=pd.DataFrame)  # earlier runs of a re-run config
 
 
 def open_store(uri: str) -> MlflowClient:
@@ -51,7 +53,7 @@ def open_store(uri: str) -> MlflowClient:
 
 
 def search_frame(client: MlflowClient, experiment_ids: list[str]) -> pd.DataFrame:
-    """All active runs of the experiments, in mlflow.search_runs' pandas layout.
+    """All active runs of the experiments but summary runs, in mlflow.search_runs' pandas layout.
 
     mlflow.search_runs itself reads the process-global tracking URI (it has no URI argument), and
     setting that also exports MLFLOW_TRACKING_URI to every subprocess: so page with the client."""
@@ -59,6 +61,8 @@ def search_frame(client: MlflowClient, experiment_ids: list[str]) -> pd.DataFram
     while True:
         page = client.search_runs(experiment_ids, max_results=1000, page_token=token)
         for run in page:
+            if run.data.tags.get(SUMMARY_TAG) == "true":
+                continue
             row = {"run_id": run.info.run_id, "run_name": run.info.run_name,
                    "experiment_id": run.info.experiment_id, "mlflow_status": run.info.status,
                    "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True)}
@@ -69,11 +73,7 @@ def search_frame(client: MlflowClient, experiment_ids: list[str]) -> pd.DataFram
         token = page.token
         if not token:
             break
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return frame
-    summary = frame.get(f"tags.{SUMMARY_TAG}", pd.Series(None, index=frame.index))
-    return frame[summary.ne("true")].reset_index(drop=True)
+    return pd.DataFrame(rows)
 
 
 def _sweep_of(frame: pd.DataFrame) -> pd.Series:
@@ -107,6 +107,18 @@ def run_status(frame: pd.DataFrame) -> pd.Series:
     from_mlflow = frame["mlflow_status"].map(FROM_MLFLOW).fillna("running")
     ended = tag.isin(["finished", "diverged", "failed"])
     return tag.where(ended, from_mlflow.where(from_mlflow != "finished", "running"))
+
+
+def latest_per_config(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, superseded): one run per exact config (tag initbench.config_hash, seed included). A run
+    that ended beats one that never did (a killed job resumed), then the later start (rerun=true)."""
+    if HASH_TAG not in frame:
+        return frame, frame.iloc[:0]
+    ended = frame.status.isin(["finished", "diverged", "failed"])
+    ranked = frame.assign(_ended=ended).sort_values(["_ended", "start_time"])
+    later = ranked.duplicated(HASH_TAG, keep="last") & ranked[HASH_TAG].notna()
+    kept = ranked[~later].drop(columns="_ended").sort_values("start_time", ignore_index=True)
+    return kept, ranked[later].drop(columns="_ended")
 
 
 def fetch_histories(client: MlflowClient, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
@@ -152,7 +164,8 @@ def load_sweep(uri: str, experiment: str, sweep: str | None = None) -> SweepRuns
         raise NoRuns(f"no runs of sweep {sweep!r} in experiment {experiment!r}.\n"
                      f"{describe_store(client, uri)}")
     frame.insert(2, "status", run_status(frame))
-    return SweepRuns(uri, experiment, sweep, frame, fetch_histories(client, frame, uri))
+    frame, superseded = latest_per_config(frame)
+    return SweepRuns(uri, experiment, sweep, frame, fetch_histories(client, frame, uri), superseded)
 
 
 def parameter_order(uri: str, run_id: str) -> pd.DataFrame | None:

@@ -40,14 +40,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _band(ax, curves: pd.DataFrame, label: str, color, marker=None):
-    """Mean over runs with a min-max band (or error bars with markers) at each step."""
+def _band(ax, curves: pd.DataFrame, label: str, color, marker=None, dodge: float = 0.0):
+    """Mean over runs with a min-max band (or error bars with markers, shifted by `dodge` along x so that
+    the lines' bars do not hide each other) at each step."""
     stats = curves.groupby("step").value.agg(["mean", "min", "max", "size"])
     label = f"{label} (n={stats['size'].max()})"
     if marker:
         spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
-        ax.errorbar(stats.index, stats["mean"], yerr=spread, marker=marker, capsize=3, color=color,
-                    label=label)
+        ax.errorbar(stats.index + dodge, stats["mean"], yerr=spread, marker=marker, markersize=4, capsize=2,
+                    color=color, label=label)
     else:
         ax.plot(stats.index, stats["mean"], color=color, label=label)
         ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
@@ -66,11 +67,13 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, group_keys: list[str],
     finite = data.value[data.run_id.isin(runs.run_id[~runs.status.isin(COUNTED_ONLY)]) & (data.value > 0)]
     top = finite.max() * 2 if len(finite) else math.inf
     for ax, (title, panel) in zip(axes, panels, strict=True):
-        for i, (label, members) in enumerate(panel.groupby("_label", sort=True)):
+        lines = panel.groupby("_label", sort=True)
+        for i, (label, members) in enumerate(lines):
             color = colors[i % len(colors)]
             used = data[data.run_id.isin(members.run_id[~members.status.isin(COUNTED_ONLY)])]
             if len(used):
-                _band(ax, used, label, color, marker="o" if per_epoch else None)
+                dodge = 0.3 * (i / max(len(lines) - 1, 1) - 0.5) if per_epoch else 0.0
+                _band(ax, used, label, color, marker="o" if per_epoch else None, dodge=dodge)
             for run_id in members.run_id[members.status == "diverged"]:
                 partial = data[data.run_id == run_id]
                 if len(partial):  # clipped to the used runs' range, so that a blow-up does not flatten them
@@ -83,7 +86,8 @@ def plot_curves(runs: pd.DataFrame, curves: pd.DataFrame, group_keys: list[str],
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(f"{key}: mean over seeds, band/bars min to max; dotted: diverged runs", fontsize=10)
     return _save(fig, path)
 
@@ -101,6 +105,7 @@ def plot_grad_norms(grad_table: pd.DataFrame, group_keys: list[str], path: Path,
             x_of = {p: i for i, p in enumerate(names.position)}
             for label, rows in panel.groupby("_label", sort=True):
                 rows = rows.sort_values("position")
+                label += "" if (rows["mean"] > 0).any() else " (all 0: not on a log scale)"
                 ax.plot(rows.position.map(x_of), rows["mean"], marker="o", markersize=3, label=label)
             ax.set_xticks(range(len(names)), names.param, rotation=60, ha="right", fontsize=7)
             ax.legend(fontsize=8)

@@ -39,8 +39,9 @@ def _number(value: float, spec: str) -> str:
 
 
 def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str | None,
-                   loss_threshold: float, title: str) -> str:
-    """The ranked table with a caption (keys that are the same for every group) and footnotes."""
+                   loss_threshold: float, title: str, superseded: list[str] = (), init_key: str = "init") -> str:
+    """The ranked table with a caption (keys that are the same for every group) and footnotes;
+    `superseded` names runs left out because their config was run again."""
     varying = [k for k in group_keys if summary[k].astype(str).nunique() > 1] or group_keys[-1:]
     same = {k: summary[k].iloc[0] for k in group_keys if k not in varying}
     has_p = summary.p_welch.notna().any()
@@ -51,9 +52,9 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
         header += [f"Δ acc vs {baseline} (pp)", "p (Welch)"]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("--:" if h in ("#", "n", "diverged", "failed") else "---" for h in header) + "|"]
-    for rank, row in enumerate(summary.itertuples(), start=1):
+    for rank, (_, row) in enumerate(summary.iterrows(), start=1):
         mark = " †" if row.n_incomplete else ""
-        cells = [str(rank), *(str(getattr(row, k)) for k in varying), str(row.n_runs), str(row.n_diverged),
+        cells = [str(rank), *(str(row[k]) for k in varying), str(row.n_runs), str(row.n_diverged),
                  str(row.n_failed), _pct(row.final_test_acc_mean, row.final_test_acc_std) + mark,
                  _ci(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
                  _pct(row.best_test_acc_mean, row.best_test_acc_std),
@@ -75,6 +76,10 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
         "layer's (each the mean over the epoch's steps and the seeds); ≪ 1: gradients vanish toward "
         "the input, ≫ 1: they explode.",
     ]
+    inits = summary[init_key].astype(str) if init_key in group_keys else pd.Series(dtype=str)
+    if baseline is not None and len(inits) and baseline not in set(inits):
+        notes.append(f"No test against a baseline: no group has {init_key}={baseline}; pass --baseline with "
+                     f"one of {', '.join(sorted(set(inits)))}, or none.")
     if has_p:
         notes.append(f"Δ and p: final test accuracy against init={baseline} with the same other keys "
                      "(Welch's t-test, two-sided).")
@@ -82,7 +87,10 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
     if len(flagged):
         notes.append("† includes runs with missing metrics, averaged with what they logged: "
                      + "; ".join(flagged))
-    return "\n".join([caption, "", *lines, "", *notes]) + "\n"
+    if superseded:
+        notes.append(f"Left out: {len(superseded)} earlier run(s) of a config that was run again in this "
+                     "selection (a resumed or re-run job; the later run counts): " + ", ".join(superseded))
+    return "\n\n".join([caption, "\n".join(lines), *notes]) + "\n"  # notes: one paragraph each
 
 
 def write_outputs(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame,
@@ -90,11 +98,11 @@ def write_outputs(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, curves: 
     """summary.md, summary.csv, runs.csv (one row per run), curves.csv (the train/test histories, one
     row per point, with the run's keys and status) and grad_norms.csv (per group and parameter)."""
     out.mkdir(parents=True, exist_ok=True)
-    who = runs[["run_id", "run_name", *group_keys, "seed", "status"]]
+    who = runs[["run_id", *group_keys, "seed", "status"]]  # runs.csv has the rest
     files = {"summary.csv": summary, "runs.csv": runs, "curves.csv": who.merge(curves, on="run_id"),
              "grad_norms.csv": grad_table}
-    for name, frame in files.items():
-        frame.to_csv(out / name, index=False)
+    for name, frame in files.items():  # histories to 6 digits: the float32 they were trained in has 7
+        frame.to_csv(out / name, index=False, float_format="%.6g" if name == "curves.csv" else None)
     (out / "summary.md").write_text(markdown)
     return [out / name for name in ("summary.md", *files)]
 

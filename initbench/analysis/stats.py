@@ -8,6 +8,7 @@ failed runs are counted in their own columns and left out of every mean, std, CI
 import math
 import re
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -102,22 +103,38 @@ def _flag(run) -> str:
     return "; ".join(notes)
 
 
-def first_epoch_grad_norms(sweep: SweepRuns, order: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per run and parameter: the mean gradient norm over the first epoch's steps, with the parameter's
-    position in the model (from an init report's `param` column, else natural name order) and whether
-    it is a layer weight (2 or more dims per the report's `shape`; else a name ending in weight*)."""
+def _natural(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+ReportOf = Callable[[str], pd.DataFrame | None]  # run id -> its init report, or None
+
+
+def first_epoch_grad_norms(sweep: SweepRuns, report_of: ReportOf = lambda run_id: None) -> pd.DataFrame:
+    """Per run and parameter: the mean gradient norm over the first epoch's steps, the parameter's
+    `position` in the model and whether it `is_layer` weight.
+
+    Runs with the same parameter names share one architecture; `report_of(run_id)` gives one run's init
+    report (columns param, shape, in model order): 2 or more dims make a layer weight. Without a report
+    that names them all: natural name order, and a layer weight is a name ending in weight*."""
     grads = sweep.curves[sweep.curves.key.str.startswith(GRAD_PREFIX)]
     table = grads.groupby(["run_id", "key"], as_index=False).value.mean()
     table.insert(1, "param", table.key.str[len(GRAD_PREFIX):])
     table = table.drop(columns="key").rename(columns={"value": "grad_norm"})
-    names = sorted(table.param.unique(), key=lambda s: [int(t) if t.isdigit() else t
-                                                        for t in re.split(r"(\d+)", s)])
-    weight = {n: n.rsplit(".", 1)[-1].startswith("weight") for n in names}
-    if order is not None and set(names) <= set(order.param):
-        names = [n for n in order.param if n in set(names)]
-        weight = dict(zip(order.param, order["shape"].astype(str).str.contains("x"), strict=True))
-    table["position"] = table.param.map({n: i for i, n in enumerate(names)})
-    table["is_layer"] = table.param.map(weight)
+    table["position"], table["is_layer"] = pd.Series(dtype="Int64"), pd.Series(dtype="boolean")
+    architectures = table.groupby("run_id").param.agg(frozenset)
+    for names, run_ids in architectures.groupby(architectures).groups.items():
+        report = report_of(run_ids[0])
+        if report is not None and names <= set(report.param):
+            report = report[report.param.isin(names)]
+            order = list(report.param)
+            weight = dict(zip(order, report["shape"].astype(str).str.contains("x"), strict=True))
+        else:
+            order = sorted(names, key=_natural)
+            weight = {n: n.rsplit(".", 1)[-1].startswith("weight") for n in names}
+        rows = table.run_id.isin(run_ids)
+        table.loc[rows, "position"] = table.loc[rows, "param"].map({n: i for i, n in enumerate(order)})
+        table.loc[rows, "is_layer"] = table.loc[rows, "param"].map(weight)
     return table.sort_values(["run_id", "position"], ignore_index=True)
 
 

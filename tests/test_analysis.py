@@ -1,0 +1,254 @@
+"""Analysis of a real small sweep: groups, counts, means against pandas on the raw runs, files, MLflow.
+
+One sweep for the module (digits, MLP, init=default,kaiming x seed=0,1,2, one epoch on 256 examples),
+plus one kaiming run that diverges (lr=1e6), added to the same sweep through INITBENCH_SWEEP_ID; and a
+hand-made sweep with a killed run, in another experiment of the same store.
+"""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from initbench.analysis import SUMMARY_TAG, NoRuns, SweepRuns, analyze, load_sweep
+from initbench.analysis.cli import main
+from initbench.analysis.stats import bootstrap_ci, cast, first_epoch_grad_norms, steps_to_reach
+from initbench.run import SWEEP_ENV, run
+
+from .conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ["model=mlp", "dataset.train_size=256", "trainer.epochs=1", "trainer.device=cpu",
+         "trainer.progress=false"]
+
+
+def initbench(*args: str, cwd: Path, **env: str) -> None:
+    # one torch thread: on a small shared CPU, two threads wait on each other (about 10x slower here)
+    environ = {**os.environ, "INITBENCH_DATA_DIR": str(cwd / "data"), "PYTHONPATH": str(ROOT),
+               "OMP_NUM_THREADS": "1", **env}
+    command = [sys.executable, "-m", "initbench", *args, *QUICK, f"tracking.uri={uri_of(cwd)}"]
+    done = subprocess.run(command, cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def uri_of(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def raw_runs(uri: str) -> pd.DataFrame:
+    """The runs straight from MLflow, one row each: what the analysis is checked against."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("initbench").experiment_id])
+    rows = []
+    for logged in runs:
+        params, tags = logged.data.params, logged.data.tags
+        losses = [m.value for m in client.get_metric_history(logged.info.run_id, "train/loss")]
+        rows.append({"run_id": logged.info.run_id, "init": params.get("init.name"), "seed": params.get("seed"),
+                     "status": tags["initbench.status"], "summary": tags.get(SUMMARY_TAG),
+                     "sweep": tags["initbench.sweep"],
+                     "test_acc": logged.data.metrics.get("test/acc", math.nan),
+                     "train_loss": np.mean(losses) if losses else math.nan})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sweep")
+    initbench("-m", "init=default,kaiming", "seed=0,1,2", cwd=folder)
+    [sweep] = raw_runs(uri_of(folder)).sweep.unique()
+    # the same job as the sweep's but for lr, in this process (faster than a second subprocess)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SWEEP_ENV, sweep)
+        patch.setenv("INITBENCH_DATA_DIR", str(folder / "data"))
+        diverging = compose_config([*QUICK, "init=kaiming", "seed=3", "optimizer.lr=1e6"], folder)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert run(diverging).status == "diverged"
+        finally:
+            torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def result(store):
+    return analyze(uri_of(store), out=store / "results")
+
+
+@pytest.mark.slow
+def test_groups_and_counts(result):
+    table = result.summary.set_index("init")
+    assert sorted(table.index) == ["default", "kaiming"]
+    assert (table.model == "mlp").all() and (table.dataset == "digits").all()
+    counts = ["n_runs", "n_seeds", "n_used", "n_diverged", "n_failed", "n_incomplete"]
+    assert table.loc["default", counts].tolist() == [3, 3, 3, 0, 0, 0]
+    assert table.loc["kaiming", counts].tolist() == [4, 4, 3, 1, 0, 0]
+    assert result.runs.set_index("seed").query("init == 'kaiming'").loc[3, "status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_means_equal_pandas_on_the_raw_runs_without_the_diverged_one(store, result):
+    raw = raw_runs(uri_of(store)).query("summary != 'true'")
+    finished = raw[raw.status == "finished"].groupby("init")
+    table = result.summary.set_index("init").sort_index()
+    # one epoch: final = best test accuracy; final train loss = the mean of all its batch losses
+    for column, raw_column in [("final_test_acc", "test_acc"), ("best_test_acc", "test_acc"),
+                               ("final_train_loss", "train_loss")]:
+        for stat in ("mean", "std"):
+            expected = finished[raw_column].agg(stat)
+            pd.testing.assert_series_equal(table[f"{column}_{stat}"], expected, check_names=False)
+    kaiming = raw[raw.init == "kaiming"]
+    assert not math.isclose(kaiming.test_acc.mean(), table.loc["kaiming", "final_test_acc_mean"])  # it counts
+    low, high = table.loc["kaiming", ["final_test_acc_ci_low", "final_test_acc_ci_high"]]
+    assert low <= table.loc["kaiming", "final_test_acc_mean"] <= high
+    a, b = (finished.get_group(i).test_acc for i in ("kaiming", "default"))
+    assert table.loc["kaiming", "p_welch"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert math.isnan(table.loc["default", "p_welch"])
+
+
+@pytest.mark.slow
+def test_markdown_is_ranked_and_says_diverged_runs_are_not_averaged(result):
+    rows = [line for line in result.markdown.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    ranked = result.summary.sort_values("final_test_acc_mean", ascending=False).init.tolist()
+    assert [row.split("|")[2].strip() for row in rows] == ranked
+    kaiming = next(row for row in rows if "| kaiming |" in row)
+    assert "| 4 | 1 | 0 |" in kaiming  # n, diverged, failed
+    assert "diverged and failed runs are counted, not averaged in" in result.markdown
+    assert "(model=mlp, dataset=digits)" in result.markdown  # keys shared by every group go in the caption
+
+
+@pytest.mark.slow
+def test_files_and_non_empty_pngs(store, result):
+    out = store / "results"
+    names = {"summary.md", "summary.csv", "runs.csv", "curves.csv", "grad_norms.csv", "train_loss.png",
+             "test_acc.png", "grad_norms.png"}
+    assert {p.name for p in result.files} == names and all(p.parent == out for p in result.files)
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert (out / "summary.md").read_text() == result.markdown
+    curves = pd.read_csv(out / "curves.csv")
+    assert curves.run_id.nunique() == 7
+    assert set(curves.key) == {"train/loss", "train/acc", "test/acc", "test/loss"}
+    grads = pd.read_csv(out / "grad_norms.csv")
+    layers = grads[grads.is_layer & (grads.init == "default")].sort_values("position").param.tolist()
+    assert layers == ["layers.0.0.weight", "layers.1.0.weight", "layers.2.0.weight", "head.weight"]  # model order
+
+
+@pytest.mark.slow
+def test_summary_run_holds_the_files_and_later_analysis_ignores_it(store, result):
+    client = MlflowClient(uri_of(store))
+    summary = client.get_run(result.summary_run_id)
+    assert summary.data.tags[SUMMARY_TAG] == "true"
+    assert summary.data.tags["initbench.sweep"] == result.sweep.sweep
+    assert {a.path for a in client.list_artifacts(result.summary_run_id)} == {p.name for p in result.files}
+    again = load_sweep(uri_of(store), "initbench")  # the summary run started last: still the same sweep
+    assert again.sweep == result.sweep.sweep and len(again.runs) == 7
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table(store, capsys):
+    assert main(["--tracking-uri", uri_of(store), "--out", str(store / "cli"), "--no-log",
+                 "--group-by", "init,optimizer.lr", "--loss-threshold", "2.5"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\| [12] \| default \| [0-9.e-]+ \| 3 \| 0 \| 0 \|", printed)  # # init lr n div fail
+    assert "| 3 | kaiming | 1000000.0 | 1 | 1 | 0 | — |" in printed  # the diverged run alone, last
+    assert "steps to loss ≤ 2.5" in printed and "mlflow ui --backend-store-uri" in printed
+
+
+@pytest.mark.slow
+def test_no_runs_lists_what_exists_and_exits_2(store, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), "--tracking-uri",
+                           uri_of(store), "--sweep", "nosuchsweep"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    sweep = raw_runs(uri_of(store)).sweep.iloc[0]
+    assert "no runs of sweep 'nosuchsweep'" in done.stderr and f"sweep {sweep}" in done.stderr
+    assert "experiment 'initbench': 7 runs" in done.stderr  # summary runs are not listed
+    assert main(["--tracking-uri", uri_of(tmp_path)]) == 2
+    assert not (tmp_path / "mlflow.db").exists()  # a missing store is reported, not created
+
+
+@pytest.mark.slow
+def test_unknown_group_key_names_the_params(store):
+    with pytest.raises(ValueError, match="cannot group by 'optimiser'.*optimizer.lr"):
+        analyze(uri_of(store), group_by=["optimiser"], out=store / "bad", log_to_mlflow=False)
+
+
+@pytest.mark.slow
+def test_killed_run_is_included_with_what_it_has_and_flagged(store):
+    """A hand-made sweep: two finished 3-epoch runs and one killed after its first epoch."""
+    client = MlflowClient(uri_of(store))
+    experiment = client.create_experiment("hand")
+    def log_run(seed: int, epochs: int, status: str) -> None:
+        run_id = client.create_run(experiment, run_name=f"mlp-default-digits-s{seed}").info.run_id
+        params = {"model.name": "mlp", "dataset.name": "digits", "init.name": "default", "seed": str(seed),
+                  "trainer.epochs": "3"}
+        tags = {"initbench.sweep": "hand", "initbench.status": status, "initbench.config_hash": f"h{seed}"}
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        points = [Metric("train/loss", 2.0 / (step + seed), 0, step) for step in range(1, 2 * epochs + 1)]
+        for epoch in range(1, epochs + 1):
+            points += [Metric("test/acc", 0.5 + 0.1 * epoch + 0.01 * seed, 0, epoch),
+                       Metric("train/acc", 0.6, 0, epoch)]
+            points += [Metric("test/loss", 1.0, 0, epoch)] if status == "finished" else []
+        client.log_batch(run_id, metrics=points)
+        if status == "finished":
+            client.set_terminated(run_id)
+
+    for seed, epochs, status in [(0, 3, "finished"), (1, 3, "finished"), (2, 1, "running")]:
+        log_run(seed, epochs, status)
+    result = analyze(uri_of(store), "hand", out=store / "hand", log_to_mlflow=False, loss_threshold=0.4)
+    [row] = result.summary.itertuples()
+    assert (row.n_runs, row.n_used, row.n_incomplete) == (3, 3, 1)
+    assert row.final_test_acc_mean == pytest.approx(np.mean([0.80, 0.81, 0.62]))
+    assert row.notes == "mlp-default-digits-s2: running (never ended); 1/3 epochs; no test/loss"
+    assert " †" in result.markdown
+    # loss 2/(step+seed) <= 0.4 from step 5 - seed; the killed run stops at step 2: never
+    assert result.runs.steps_to_loss.tolist() == [5, 4, math.inf]
+    assert (row.steps_to_loss_median, row.n_reached_loss) == (5, 2)
+    assert result.runs.final_train_loss.iloc[0] == pytest.approx(np.mean([2 / 5, 2 / 6]))  # last epoch: 5, 6
+
+    log_run(2, 3, "finished")  # the killed job resumed: its finished run replaces the killed one
+    result = analyze(uri_of(store), "hand", out=store / "hand", log_to_mlflow=False, loss_threshold=0.4)
+    [row] = result.summary.itertuples()
+    assert (row.n_runs, row.n_used, row.n_incomplete, row.notes) == (3, 3, 0, "")
+    assert row.final_test_acc_mean == pytest.approx(np.mean([0.80, 0.81, 0.82]))
+    assert "Left out: 1 earlier run(s) of a config that was run again" in result.markdown
+    assert "mlp-default-digits-s2 (running)" in result.markdown
+
+
+def test_statistics_helpers():
+    assert all(math.isnan(v) for v in bootstrap_ci([0.5]))
+    low, high = bootstrap_ci([0.1, 0.2, 0.3, 0.9])
+    assert 0.1 <= low < np.mean([0.1, 0.2, 0.3, 0.9]) < high <= 0.9
+    losses = pd.DataFrame({"step": [1, 2, 3], "value": [2.0, 0.3, 0.1]})
+    assert steps_to_reach(losses, 0.5) == 2 and steps_to_reach(losses, 0.01) == math.inf
+    assert cast(pd.Series(["0", "2"])).tolist() == [0, 2]
+    assert cast(pd.Series(["1e-3", "0.1"])).tolist() == [1e-3, 0.1]
+    assert cast(pd.Series(["null", "3"])).tolist() == ["null", "3"]
+
+
+@pytest.mark.slow
+def test_empty_experiment_is_no_runs(store):
+    MlflowClient(uri_of(store)).create_experiment("empty")
+    with pytest.raises(NoRuns, match="experiment 'empty' has no runs"):
+        load_sweep(uri_of(store), "empty")
+
+
+def test_grad_norm_layers_without_an_init_report_follow_natural_name_order():
+    curves = pd.DataFrame({"run_id": "r", "key": [f"grad_norm/{p}" for p in
+                                                  ("layers.10.weight", "layers.2.weight", "layers.2.bias")],
+                           "step": 1, "value": [1.0, 2.0, 3.0]})
+    grads = first_epoch_grad_norms(SweepRuns("uri", "e", "s", pd.DataFrame(), curves))
+    assert grads.param.tolist() == ["layers.2.bias", "layers.2.weight", "layers.10.weight"]
+    assert grads.is_layer.tolist() == [False, True, True]
