@@ -95,8 +95,9 @@ def already_done(cfg: DictConfig, tracker: Tracker) -> str | None:
 
 def start_run(cfg: DictConfig, job: Prepared, tracker: Tracker) -> None:
     """Open the job's MLflow run: name, params, tags, config.yaml and init_report.csv."""
-    tracker.start(run_name(cfg), flatten(OmegaConf.to_container(cfg, resolve=True)),
-                  run_tags(cfg, job.data.train_x.device))
+    tags = run_tags(cfg, job.data.train_x.device)
+    tracker.start(run_name(cfg), flatten(OmegaConf.to_container(cfg, resolve=True)), tags)
+    print(f"MLflow run {run_name(cfg)} ({tracker.run_id}), sweep {tags['initbench.sweep']}")
     with tempfile.TemporaryDirectory() as tmp:
         OmegaConf.save(cfg, Path(tmp) / "config.yaml", resolve=True)
         job.report.to_csv(Path(tmp) / "init_report.csv")
