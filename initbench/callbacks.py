@@ -7,11 +7,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .run import SWEEP_ENV
+from .tracking import Tracker
 
 
 class SweepId(Callback):
-    """Sets INITBENCH_SWEEP_ID before the first job starts, unless the user set it (to add runs to an
-    earlier sweep); launchers' worker processes inherit it."""
+    """Before the first job of a multirun: sets INITBENCH_SWEEP_ID unless the user set it (to add runs
+    to an earlier sweep), which launchers' worker processes inherit; and opens the tracking store and
+    experiment once, so that an unreachable URI fails before any job and parallel jobs do not race to
+    create the store's tables."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         os.environ.setdefault(SWEEP_ENV, uuid.uuid4().hex[:12])
+        Tracker(config.tracking.uri, config.tracking.experiment).ensure_experiment()

@@ -72,6 +72,7 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
         "initbench.version": __version__,
         "initbench.torch": torch.__version__,
         "initbench.device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "initbench.torch_device": str(device),
     }
     commit = git_commit()
     if commit:

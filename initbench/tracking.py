@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 # MLflow's per-request limits (log_batch): 1000 metrics, 100 params, 100 tags; param values 6000 chars.
@@ -71,6 +72,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
             response.read()
+    except urllib.error.HTTPError as err:
+        if err.code >= 500:  # an answer below 500 (401 from an auth proxy, say) means it is there
+            raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {err.code}") from err
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise TrackingUnavailable(f"MLflow tracking server {uri} cannot be reached: {reason}") from err
@@ -93,9 +97,19 @@ class Tracker:
 
     def _experiment_id(self, create: bool) -> str | None:
         found = self.client.get_experiment_by_name(self.experiment)
-        if found:
+        if found or not create:
+            return found.experiment_id if found else None
+        try:
+            return self.client.create_experiment(self.experiment)
+        except MlflowException:  # a parallel job created it first
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
             return found.experiment_id
-        return self.client.create_experiment(self.experiment) if create else None
+
+    def ensure_experiment(self) -> str:
+        """Create the store's tables and the experiment now (once, before parallel jobs race to)."""
+        return self._experiment_id(create=True)
 
     def runs_with_hash(self, digest: str) -> list:
         """Earlier runs of the same config (tag initbench.config_hash), newest first."""

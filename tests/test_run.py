@@ -11,22 +11,13 @@ from mlflow.tracking import MlflowClient
 from initbench.run import run
 
 from .conftest import compose_config
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def runs_of(store: Path, experiment: str = "initbench"):
-    """The runs of `experiment` in the store under `store`, and a client for it."""
-    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    found = client.get_experiment_by_name(experiment)
-    return (client.search_runs([found.experiment_id]) if found else []), client
+from .support import ROOT, cli, runs_in
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `python -m initbench` the way a user does, in `cwd`, on the CPU."""
-    env = {**os.environ, "INITBENCH_DATA_DIR": str(cwd / "data"), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "initbench", *args, "trainer.device=cpu"], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)
+def runs_of(folder: Path, experiment: str = "initbench"):
+    """The runs of `experiment` in the store `folder`/mlflow.db, and a client for it."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return runs_in(uri, experiment), MlflowClient(uri)
 
 
 def test_run_logs_params_tags_metrics_and_artifacts(store):
