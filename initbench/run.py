@@ -120,21 +120,23 @@ def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
     print(f"tracking URI: {tracker.uri}\nopen it with: mlflow ui --backend-store-uri {tracker.uri}")
 
 
-def run(cfg: DictConfig) -> FitResult | None:
-    """Train one job and log it as one MLflow run; returns the training result, or None when a
-    finished or diverged run of the same config is already in the experiment (skipped).
-
-    An exception during training marks the run `failed` with its error text, closes it, and is
-    re-raised (Hydra then reports the job as failed; the other jobs of a sweep still run).
-    """
+def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Prepared] | None:
+    """Everything before training, for a job about to run: its tracker and its prepared model and
+    data; None (and a line saying so) when a finished run of this exact config makes it unnecessary."""
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
     done = already_done(cfg, tracker)
     if done:
         print(f"skip {run_name(cfg)}: run {done} of this config already finished "
               "(tracking.rerun=true runs it again)")
         return None
-    job = prepare(cfg)
+    job = prepare(cfg, data)
     print(job.report)
+    return tracker, job
+
+
+def train_and_log(cfg: DictConfig, tracker: Tracker, job: Prepared) -> FitResult:
+    """Open the job's MLflow run, train, close the run. An exception during training marks the run
+    `failed` with its error text, closes it, and is re-raised."""
     start_run(cfg, job, tracker)
     try:
         result = fit(job.model, job.data, cfg.trainer, cfg.optimizer, cfg.seed, log=tracker.log_points)
@@ -143,3 +145,13 @@ def run(cfg: DictConfig) -> FitResult | None:
         raise
     finish_run(cfg, tracker, result)
     return result
+
+
+def run(cfg: DictConfig) -> FitResult | None:
+    """Train one job and log it as one MLflow run; returns the training result, or None when a
+    finished or diverged run of the same config is already in the experiment (skipped).
+
+    A failed job raises (Hydra then reports it as failed; the other jobs of a sweep still run).
+    """
+    opened = open_job(cfg)
+    return train_and_log(cfg, *opened) if opened else None

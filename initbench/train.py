@@ -32,6 +32,17 @@ class FitResult:
     steps: int = 0  # optimizer steps taken
 
 
+PRECISIONS = {"float32": None, "bf16": torch.bfloat16}  # trainer.precision -> autocast dtype
+
+
+def autocast_dtype(trainer) -> torch.dtype | None:
+    """trainer.precision as an autocast dtype: None for float32 (the default), bfloat16 for bf16."""
+    name = trainer.get("precision", "float32")
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown trainer.precision {name!r}; valid: {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
+
+
 def resolve_device(name: str, job_index: int = 0) -> torch.device:
     """`auto` picks cuda, then mps, then cpu; any other name is passed to torch.device. On a machine
     with several GPUs, `auto` spreads the jobs of a sweep over them: job i gets cuda:(i mod count)."""
@@ -54,15 +65,24 @@ def probe_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[Met
             for row in table.itertuples() for kind in ("act_std", "backprop_std")]
 
 
+def forward(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """model(x), under autocast to `amp` if given; the logits in float32 (or the model's dtype)."""
+    if amp is None:
+        return model(x)
+    with torch.autocast(x.device.type, dtype=amp):
+        return model(x).float()
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             amp: torch.dtype | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on (x, y), in eval mode."""
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device)
     for start in range(0, len(y), batch_size):
-        logits = model(x[start:start + batch_size])
+        logits = forward(model, x[start:start + batch_size], amp)
         target = y[start:start + batch_size]
         loss += F.cross_entropy(logits, target, reduction="sum")
         correct += (logits.argmax(1) == target).sum()
@@ -77,7 +97,8 @@ def _first_non_finite(values: list[float]) -> int | None:
 def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: LogFn | None = None) -> FitResult:
     """Train `model` on `data` for trainer.epochs; the data order comes from `seed` alone.
 
-    trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress.
+    trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress, precision
+    (float32 | bf16: bf16 autocast for the forward passes).
     optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...).
     A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;
     the steps before it are logged.
@@ -96,6 +117,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     elif trainer.schedule != "constant":
         raise ValueError(f"unknown trainer.schedule {trainer.schedule!r}; valid: constant, cosine")
     order = torch.Generator().manual_seed(seed)
+    amp = autocast_dtype(trainer)
 
     log(probe_points(model, data.train_x[:batch], data.train_y[:batch]))
     progress = tqdm(total=total_steps, disable={"auto": None, True: False, False: True}[trainer.progress],
@@ -111,7 +133,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
         for i in range(steps_per_epoch):
             idx = perm[i * batch:(i + 1) * batch]
             x, y = data.train_x[idx], data.train_y[idx]
-            logits = model(x)
+            logits = forward(model, x, amp)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=False)
             loss.backward()
@@ -142,7 +164,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
             result.status = "diverged"
             break
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size)
+        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size, amp)
         result.final = {"train/loss": train_loss, "train/acc": train_acc,
                         "test/loss": test_loss, "test/acc": test_acc}
         points += [("train/acc", train_acc, epoch), ("test/acc", test_acc, epoch)]

@@ -1,0 +1,211 @@
+"""fit() for K models at once: the same data pipeline, metrics and divergence rule, one vmapped step.
+
+Each model keeps its own seed (its data order: torch.randperm(n, generator=Generator().manual_seed(
+seed)) per epoch, as in fit), its own learning rate and its own metrics; a model whose loss turns
+non-finite stops at the end of that epoch, like fit(), and is dropped from the batch while the others
+go on. All per-step metrics stay on the device; the one host synchronization is at the epoch's end.
+"""
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+from torch.nn import functional as F
+
+from ..data import Dataset
+from ..train import FitResult, LogFn, autocast_dtype, probe_points
+from .functional import param_names, stack_models, unstack_into
+from .optim import StackedOptimizer, optimizer_spec
+
+EVAL_ROWS = 65536  # at most this many test examples (all models together) per evaluation pass
+
+
+class BatchedSteps:
+    """The vmapped training step and evaluation of K stacked models of one `template`.
+
+    train(params, buffers, x, y, coef, with_norms) updates params (and BatchNorm buffers) in place and
+    returns each model's loss (K,), correct predictions (K,) and, if asked, gradient norms (P, K).
+    """
+
+    def __init__(self, template: nn.Module, names: list[str], optimizer: StackedOptimizer,
+                 device: torch.device, autocast: torch.dtype | None = None,
+                 compile: bool = False, compile_mode: str | None = None):
+        self.template, self.names, self.optimizer = template, names, optimizer
+        self.device_type, self.autocast = device.type, autocast
+
+        def loss_and_logits(params, buffers, x, y):
+            with torch.autocast(self.device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                logits = functional_call(template, (params, buffers), (x,))
+            return F.cross_entropy(logits.float() if autocast else logits, y), logits
+
+        self._grads = vmap(grad_and_value(loss_and_logits, has_aux=True))
+        self._compiled = torch.compile(self._step, dynamic=False, mode=compile_mode) if compile else None
+        self._static: set[int] = set()
+
+    def _step(self, params, buffers, x, y, coef, with_norms: bool):
+        grads, (loss, logits) = self._grads(params, buffers, x, y)
+        norms = torch.stack([torch.linalg.vector_norm(grads[n].flatten(1), dim=1) for n in self.names]) \
+            if with_norms else None
+        self.optimizer.update(params, grads, coef)
+        return loss, (logits.argmax(-1) == y).sum(-1), norms
+
+    @torch.no_grad()
+    def train(self, params, buffers, x, y, coef, with_norms: bool):
+        self.template.train()
+        # The first step runs eagerly: it creates the optimizer state and shows that vmap works.
+        if self._compiled is not None and self.optimizer.steps_taken > 0:
+            self._mark_static(params, buffers)
+            try:
+                # one graph per (batch size, K, with_norms): allow more than dynamo's default 8
+                with torch._dynamo.config.patch(recompile_limit=64):
+                    return self._compiled(params, buffers, x, y, coef, with_norms)
+            except Exception as err:  # an op torch.compile cannot handle: go on eagerly
+                warnings.warn(f"torch.compile of the batched step failed, training eagerly: "
+                              f"{type(err).__name__}: {err}", stacklevel=2)
+                self._compiled = None
+        return self._step(params, buffers, x, y, coef, with_norms)
+
+    def _mark_static(self, params, buffers) -> None:
+        """The state is updated in place, so its addresses never change: telling dynamo lets a
+        CUDA-graph mode (compile_mode="reduce-overhead") capture the step without copying it."""
+        if self.device_type != "cuda":
+            return
+        state = [t for s in self.optimizer.state.values() for t in s.values()]
+        for tensor in [*params.values(), *buffers.values(), *state]:
+            if id(tensor) not in self._static:
+                torch._dynamo.mark_static_address(tensor)
+                self._static.add(id(tensor))
+
+    @torch.no_grad()
+    def evaluate(self, params, buffers, x, y, batch_size: int) -> tuple[list[float], list[float]]:
+        """Each model's mean cross-entropy and accuracy on (x, y), in eval mode, as fit's evaluate()
+        computes them (float32 sums, divided on the host)."""
+        k = next(iter(params.values())).shape[0]
+        batch_size = max(1, min(batch_size, EVAL_ROWS // k))
+        logits_of = vmap(lambda p, b, xs: functional_call(self.template, (p, b), (xs,)), in_dims=(0, 0, None))
+        loss_sum = vmap(lambda logits, t: F.cross_entropy(logits, t, reduction="sum"), in_dims=(0, None))
+        self.template.eval()
+        loss = torch.zeros(k, device=x.device)
+        correct = torch.zeros(k, device=x.device)
+        try:
+            for start in range(0, len(y), batch_size):
+                target = y[start:start + batch_size]
+                with torch.autocast(self.device_type, dtype=self.autocast or torch.bfloat16,
+                                    enabled=self.autocast is not None):
+                    logits = logits_of(params, buffers, x[start:start + batch_size])
+                loss += loss_sum(logits.float() if self.autocast else logits, target)
+                correct += (logits.argmax(-1) == target).sum(-1)
+        finally:
+            self.template.train()
+        return [v / len(y) for v in loss.tolist()], [v / len(y) for v in correct.tolist()]
+
+
+def _first_non_finite(values: list[float]) -> int | None:
+    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+
+
+def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, seeds: Sequence[int],
+                logs: Sequence[LogFn | None] | None = None, lrs: Sequence[float] | None = None, *,
+                compile: bool | str = "auto", compile_mode: str | None = None) -> list[FitResult]:
+    """Train `models` (one architecture, any inits) together; what fit() does for each, at once.
+
+    seeds[k] orders model k's data; lrs[k] (default: optimizer.lr) is its learning rate; logs[k]
+    receives its metric points exactly as fit()'s `log` would. The trained state is copied back into
+    each model (on the data's device). compile: "auto" (on CUDA), True or False; a step torch.compile
+    cannot handle runs eagerly. trainer.precision = bf16 (optional key) trains under bf16 autocast.
+    Unbatchable is raised before anything is logged when the models cannot be trained together.
+    """
+    k = len(models)
+    if len(seeds) != k or (logs is not None and len(logs) != k) or (lrs is not None and len(lrs) != k):
+        raise ValueError(f"fit_batched: {k} models need as many seeds, logs and lrs")
+    logs = [log or (lambda points: None) for log in (logs or [None] * k)]
+    device = data.train_x.device
+    _, options = optimizer_spec(optimizer)
+    lrs = [float(options["lr"])] * k if lrs is None else [float(lr) for lr in lrs]
+    n, batch = len(data.train_y), trainer.batch_size
+    steps_per_epoch = math.ceil(n / batch)
+    total_steps = trainer.epochs * steps_per_epoch
+    autocast = autocast_dtype(trainer)
+    template, params, buffers = stack_models(list(models), device)
+    names = param_names(models[0])
+    dtype = params[names[0]].dtype
+    opt = StackedOptimizer.build(optimizer, lrs, trainer.schedule, total_steps, device, dtype)
+    steps = BatchedSteps(template, names, opt, device, autocast,
+                         compile=device.type == "cuda" if compile == "auto" else bool(compile),
+                         compile_mode=compile_mode)
+
+    for model, log in zip(models, logs, strict=True):
+        log(probe_points(model.to(device).train(), data.train_x[:batch], data.train_y[:batch]))
+    orders = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    results = [FitResult("finished") for _ in range(k)]
+    live = list(range(k))  # live[slot] = the index of the model in that slot of the stacked state
+
+    def drop(gone: list[int]) -> None:
+        nonlocal params, buffers
+        unstack_into([models[live[s]] for s in gone], params, buffers, gone)
+        keep = torch.tensor([s for s in range(len(live)) if s not in gone], device=device, dtype=torch.long)
+        params = {name: v[keep] for name, v in params.items()}
+        buffers = {name: v[keep] for name, v in buffers.items()}
+        opt.keep(keep)
+        live[:] = [live[s] for s in keep.tolist()]
+
+    for epoch in range(1, trainer.epochs + 1):
+        first_epoch = epoch == 1
+        perms = torch.stack([torch.randperm(n, generator=orders[j]) for j in live]).to(device)
+        losses = torch.empty(steps_per_epoch, len(live), device=device)
+        grad_norms = torch.empty(steps_per_epoch, len(names), len(live), device=device) if first_epoch else None
+        loss_sum = torch.zeros(len(live), device=device)
+        correct = torch.zeros(len(live), device=device)
+        step0 = (epoch - 1) * steps_per_epoch
+        for i in range(steps_per_epoch):
+            idx = perms[:, i * batch:(i + 1) * batch]
+            x, y = data.train_x[idx], data.train_y[idx]
+            loss, right, norms = steps.train(params, buffers, x, y, opt.coefficients(step0 + i), first_epoch)
+            losses[i] = loss
+            loss_sum += loss * idx.shape[1]
+            correct += right
+            if first_epoch:
+                grad_norms[i] = norms
+
+        # the one CPU-GPU synchronization of the epoch
+        step_losses = losses.T.tolist()
+        norms_of = grad_norms.permute(2, 0, 1).tolist() if first_epoch else None
+        points: list[list] = []
+        diverged = []
+        for slot, j in enumerate(live):
+            bad = _first_non_finite(step_losses[slot])
+            kept = step_losses[slot] if bad is None else step_losses[slot][:bad]
+            pts = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
+            if first_epoch:
+                pts += [(f"grad_norm/{name}", v, i + 1) for i, row in enumerate(norms_of[slot][:len(kept)])
+                        for name, v in zip(names, row, strict=True)]
+            results[j].steps = step0 + len(kept)
+            if bad is not None:
+                logs[j](pts)
+                results[j].status = "diverged"
+                diverged.append(slot)
+            points.append(pts)
+        sums, rights = loss_sum.tolist(), correct.tolist()
+        survivors = [(slot, j) for slot, j in enumerate(live) if slot not in diverged]
+        if survivors:
+            test_loss, test_acc = steps.evaluate(params, buffers, data.test_x, data.test_y, trainer.eval_batch_size)
+        for slot, j in survivors:
+            train_loss, train_acc = sums[slot] / n, rights[slot] / n
+            results[j].final = {"train/loss": train_loss, "train/acc": train_acc,
+                                "test/loss": test_loss[slot], "test/acc": test_acc[slot]}
+            pts = points[slot] + [("train/acc", train_acc, epoch), ("test/acc", test_acc[slot], epoch)]
+            if not math.isfinite(test_loss[slot]):  # the last steps blew the weights up
+                logs[j](pts)
+                results[j].status = "diverged"
+                diverged.append(slot)
+            else:
+                logs[j](pts + [("test/loss", test_loss[slot], epoch)])
+        if diverged:
+            drop(sorted(diverged))
+        if not live:
+            break
+    unstack_into([models[j] for j in live], params, buffers, list(range(len(live))))
+    return results
