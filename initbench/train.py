@@ -8,6 +8,7 @@ epoch. Steps: `train/loss` and `grad_norm/<param>` use the global step k = 1, 2,
 
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -90,6 +91,35 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss.item() / len(y), correct.item() / len(y)
 
 
+def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable:
+    """(x, y) -> (mean cross-entropy, logits) for training; under torch.compile if trainer.compile
+    (auto = on CUDA only), falling back to eager, with a warning, if compiling fails."""
+    amp = autocast_dtype(trainer)
+
+    def eager(x, y):
+        logits = forward(model, x, amp)
+        return F.cross_entropy(logits, y), logits
+
+    setting = trainer.get("compile", "auto")
+    if setting not in ("auto", True, False):
+        raise ValueError(f"unknown trainer.compile {setting!r}; valid: auto, true, false")
+    if not (device.type == "cuda" if setting == "auto" else setting):
+        return eager
+    compiled = torch.compile(eager, dynamic=False)
+
+    def step(x, y):
+        nonlocal compiled
+        if compiled is not None:
+            try:
+                return compiled(x, y)
+            except Exception as err:  # an op or a model torch.compile cannot handle
+                warnings.warn(f"torch.compile failed, training eagerly: {type(err).__name__}: {err}", stacklevel=2)
+                compiled = None
+        return eager(x, y)
+
+    return step
+
+
 def _first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
@@ -98,7 +128,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     """Train `model` on `data` for trainer.epochs; the data order comes from `seed` alone.
 
     trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress, precision
-    (float32 | bf16: bf16 autocast for the forward passes).
+    (float32 | bf16: bf16 autocast for the forward passes), compile (auto = on CUDA | true | false).
     optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...).
     A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;
     the steps before it are logged.
@@ -118,6 +148,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
         raise ValueError(f"unknown trainer.schedule {trainer.schedule!r}; valid: constant, cosine")
     order = torch.Generator().manual_seed(seed)
     amp = autocast_dtype(trainer)
+    step = loss_and_logits(model, trainer, device)
 
     log(probe_points(model, data.train_x[:batch], data.train_y[:batch]))
     progress = tqdm(total=total_steps, disable={"auto": None, True: False, False: True}[trainer.progress],
@@ -133,8 +164,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
         for i in range(steps_per_epoch):
             idx = perm[i * batch:(i + 1) * batch]
             x, y = data.train_x[idx], data.train_y[idx]
-            logits = forward(model, x, amp)
-            loss = F.cross_entropy(logits, y)
+            loss, logits = step(x, y)
             opt.zero_grad(set_to_none=False)
             loss.backward()
             if first_epoch:

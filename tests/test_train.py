@@ -86,3 +86,12 @@ def test_bf16_precision_is_autocast_and_an_unknown_one_is_refused():
     assert all(abs(h - f) < 0.1 * f for (_, h), (_, f) in zip(half, full, strict=True))  # ... and only there
     with pytest.raises(ValueError, match="unknown trainer.precision 'fp8'; valid: float32, bf16"):
         train(["trainer.precision=fp8"])
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager(recwarn):
+    eager = by_key(train(["model=mlp", "trainer.compile=false"])[1])["train/loss"]
+    compiled = by_key(train(["model=mlp", "trainer.compile=true"])[1])["train/loss"]
+    assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # it did compile
+    assert [s for s, _ in compiled] == [s for s, _ in eager]
+    assert all(abs(c - e) < 1e-4 * e for (_, c), (_, e) in zip(compiled, eager, strict=True))
