@@ -6,8 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from initbench.data import load_dataset
-from initbench.run import build_initialized_model, run_name
+from initbench.run import prepare, run_name
 
 from .conftest import CONF_DIR, compose_config
 
@@ -25,10 +24,9 @@ def test_groups_ship_the_documented_options():
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_builds_on_the_default_dataset(model):
     cfg = compose_config([f"model={model}"])
-    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu", image_size=cfg.model.get("image_size"))
-    net, report = build_initialized_model(cfg, data)
-    assert net(data.train_x[:4]).shape == (4, 10)
-    assert len(report.frame) == len(list(net.parameters()))
+    job = prepare(cfg)
+    assert job.model(job.data.train_x[:4]).shape == (4, 10)
+    assert len(job.report.frame) == len(list(job.model.parameters()))
     assert run_name(cfg) == f"{model}-default-digits-s0"
 
 
@@ -47,10 +45,8 @@ def test_every_dataset_composes_with_the_user_overrides(dataset):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_and_builds(experiment):
-    cfg = compose_config([f"experiment={experiment}"])
-    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu", image_size=cfg.model.get("image_size"))
-    net, _ = build_initialized_model(cfg, data)
-    assert net(data.train_x[:2]).shape == (2, 10)
+    job = prepare(compose_config([f"experiment={experiment}"]))
+    assert job.model(job.data.train_x[:2]).shape == (2, 10)
 
 
 def test_overrides_users_type(monkeypatch):
