@@ -91,11 +91,24 @@ class Tracker:
     def __init__(self, uri: str, experiment: str):
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
-        self.client = MlflowClient(self.uri)
         self.experiment = experiment
         self.run_id: str | None = None
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client, made on first use (for a SQLite URI that creates the file)."""
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def _store_missing(self) -> bool:
+        """A SQLite store that does not exist yet: it holds no runs, and looking would create it."""
+        return self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///"):]).exists()
 
     def _experiment_id(self, create: bool) -> str | None:
+        if not create and self._store_missing():
+            return None
         found = self.client.get_experiment_by_name(self.experiment)
         if found or not create:
             return found.experiment_id if found else None

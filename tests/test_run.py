@@ -107,3 +107,11 @@ def test_probe_command_prints_the_signal_table_and_logs_nothing(tmp_path):
     # xavier under ReLU at depth 30: the activations fade layer by layer (He et al. 2015)
     assert signal["layers.29.0"][0] < signal["layers.0.0"][0] / 100
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_bad_init_policy_fails_before_training_and_writes_nothing(tmp_path):
+    # seed 001's bug: xavier_normal_ on a Conv bias
+    done = cli("model=lenet", "+init.rules=[{where: {module: Conv2d}, scheme: xavier_normal}]", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "conv1.bias (shape 6)" in done.stderr and "fix:" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
