@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from initbench.batched import LoopLSTM, Unbatchable, fit_batched, optimizer_spec, stack_models, vmappable
 from initbench.batched.sweep import group_jobs, plan
@@ -87,6 +88,31 @@ def test_per_model_lr_and_one_divergence_stops_that_model_only():
         assert_same_run(*outcome)
     diverged_losses = [v for k, v, _ in runs[1][4] if k == "train/loss"]
     assert all(math.isfinite(v) for v in diverged_losses) and len(diverged_losses) < 16
+
+
+@pytest.mark.slow
+def test_compiled_batched_step_matches_eager_and_a_divergence_does_not_recompile(recwarn):
+    cfgs = [compose_config(["model=mlp", "model.activation=leaky_relu", *TRAIN, *job]) for job in
+            (["seed=0"], ["init=ones", "seed=1"], ["init=kaiming", "seed=2"])]
+    data = load_dataset(cfgs[0].dataset, cfgs[0].paths.data_dir, "cpu")
+    runs = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        points = [[] for _ in cfgs]
+        results = fit_batched([build_initialized_model(cfg, data)[0] for cfg in cfgs], data, cfgs[0].trainer,
+                              cfgs[0].optimizer, [0, 1, 2], logs=[p.extend for p in points], lrs=[0.05, 1e6, 0.01],
+                              compile=compiled)
+        runs[compiled] = [r.status for r in results], points
+    assert not [w for w in recwarn if "torch.compile" in str(w.message)]  # it did compile
+    # 240 = 7 x 32 + 16: two batch shapes, with and without gradient norms; the model that stopped in
+    # epoch 1 keeps its slot, so epoch 2 runs the same K and compiles nothing new
+    assert counters["stats"]["unique_graphs"] == 4
+    (eager_status, eager), (compiled_status, compiled) = runs[False], runs[True]
+    assert eager_status == compiled_status == ["finished", "diverged", "finished"]
+    for a, b in zip(eager, compiled, strict=True):
+        assert [(key, step) for key, _, step in a] == [(key, step) for key, _, step in b]
+        assert [v for _, v, _ in b] == pytest.approx([v for _, v, _ in a], rel=1e-4, abs=1e-6)
 
 
 def test_loop_lstm_matches_nn_lstm_forward_and_backward():

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from initbench.data import load_dataset
 from initbench.run import build_initialized_model
@@ -89,9 +90,12 @@ def test_bf16_precision_is_autocast_and_an_unknown_one_is_refused():
 
 
 @pytest.mark.slow
-def test_compiled_training_step_matches_eager(recwarn):
-    eager = by_key(train(["model=mlp", "trainer.compile=false"])[1])["train/loss"]
-    compiled = by_key(train(["model=mlp", "trainer.compile=true"])[1])["train/loss"]
+def test_compiled_training_step_matches_eager_and_compiles_once_per_batch_shape(recwarn):
+    eager = by_key(train(["model=mlp", "trainer.compile=false"], epochs=2, train_size=240)[1])["train/loss"]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = by_key(train(["model=mlp", "trainer.compile=true"], epochs=2, train_size=240)[1])["train/loss"]
     assert not [w for w in recwarn if "torch.compile failed" in str(w.message)]  # it did compile
+    assert counters["stats"]["unique_graphs"] == 2  # 240 = 128 + 112: two batch shapes, not one per step
     assert [s for s, _ in compiled] == [s for s, _ in eager]
     assert all(abs(c - e) < 1e-4 * e for (_, c), (_, e) in zip(compiled, eager, strict=True))

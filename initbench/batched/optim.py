@@ -72,7 +72,6 @@ class StackedOptimizer:
     options: dict
     tables: dict[str, torch.Tensor]  # name -> (total_steps, K) or (total_steps,)
     state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    steps_taken: int = 0
 
     @classmethod
     def build(cls, cfg, lrs: list[float], schedule: str, total_steps: int, device, dtype) -> "StackedOptimizer":
@@ -92,17 +91,11 @@ class StackedOptimizer:
     def coefficients(self, step: int) -> dict[str, torch.Tensor]:
         return {k: v[step] for k, v in self.tables.items()}
 
-    def keep(self, slots: torch.Tensor) -> None:
-        """Keep only the models at `slots` (after others stopped)."""
-        self.tables = {k: v[:, slots] if v.dim() == 2 else v for k, v in self.tables.items()}
-        self.state = {n: {k: v[slots] for k, v in s.items()} for n, s in self.state.items()}
-
     def update(self, params: dict, grads: dict, coef: dict) -> None:
         if self.cls is torch.optim.SGD:
             self._sgd(params, grads, coef)
         else:
             self._adam(params, grads, coef)
-        self.steps_taken += 1
 
     @staticmethod
     def _per_model(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Each model keeps its own seed (its data order: torch.randperm(n, generator=Generator().manual_seed(
 seed)) per epoch, as in fit), its own learning rate and its own metrics; a model whose loss turns
-non-finite stops at the end of that epoch, like fit(), and is dropped from the batch while the others
-go on. All per-step metrics stay on the device; the one host synchronization is at the epoch's end.
+non-finite stops at the end of that epoch, like fit(): its state is copied out and no longer logged,
+while the others go on. All per-step metrics stay on the device; the one host synchronization is at
+the epoch's end.
 """
 
 import math
@@ -44,6 +45,7 @@ class BatchedSteps:
         self._grads = vmap(grad_and_value(loss_and_logits, has_aux=True))
         self._compiled = torch.compile(self._step, dynamic=False, mode=compile_mode) if compile else None
         self._static: set[int] = set()
+        self._warm = False  # whether the eager first step (which creates the optimizer state) has run
 
     def _step(self, params, buffers, x, y, coef, with_norms: bool):
         grads, (loss, logits) = self._grads(params, buffers, x, y)
@@ -55,17 +57,20 @@ class BatchedSteps:
     @torch.no_grad()
     def train(self, params, buffers, x, y, coef, with_norms: bool):
         self.template.train()
-        # The first step runs eagerly: it creates the optimizer state and shows that vmap works.
-        if self._compiled is not None and self.optimizer.steps_taken > 0:
+        # The first step runs eagerly: it creates the optimizer state and shows that vmap works. Nothing
+        # the compiled step reads may change between steps but tensors: dynamo would recompile.
+        if self._compiled is not None and self._warm:
             self._mark_static(params, buffers)
             try:
-                # one graph per (batch size, K, with_norms): allow more than dynamo's default 8
-                with torch._dynamo.config.patch(recompile_limit=64):
+                # one graph per (architecture, K, batch size, with_norms), reused by later chunks of
+                # the same shapes; a sweep over many architectures needs more than dynamo's default 8
+                with torch._dynamo.config.patch(recompile_limit=1024, accumulated_recompile_limit=1024):
                     return self._compiled(params, buffers, x, y, coef, with_norms)
             except Exception as err:  # an op torch.compile cannot handle: go on eagerly
                 warnings.warn(f"torch.compile of the batched step failed, training eagerly: "
                               f"{type(err).__name__}: {err}", stacklevel=2)
                 self._compiled = None
+        self._warm = True
         return self._step(params, buffers, x, y, coef, with_norms)
 
     def _mark_static(self, params, buffers) -> None:
@@ -141,24 +146,15 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
         log(probe_points(model.to(device).train(), data.train_x[:batch], data.train_y[:batch]))
     orders = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     results = [FitResult("finished") for _ in range(k)]
-    live = list(range(k))  # live[slot] = the index of the model in that slot of the stacked state
-
-    def drop(gone: list[int]) -> None:
-        nonlocal params, buffers
-        unstack_into([models[live[s]] for s in gone], params, buffers, gone)
-        keep = torch.tensor([s for s in range(len(live)) if s not in gone], device=device, dtype=torch.long)
-        params = {name: v[keep] for name, v in params.items()}
-        buffers = {name: v[keep] for name, v in buffers.items()}
-        opt.keep(keep)
-        live[:] = [live[s] for s in keep.tolist()]
+    live = list(range(k))  # the models still training; slot k of the stacked state is model k
 
     for epoch in range(1, trainer.epochs + 1):
         first_epoch = epoch == 1
-        perms = torch.stack([torch.randperm(n, generator=orders[j]) for j in live]).to(device)
-        losses = torch.empty(steps_per_epoch, len(live), device=device)
-        grad_norms = torch.empty(steps_per_epoch, len(names), len(live), device=device) if first_epoch else None
-        loss_sum = torch.zeros(len(live), device=device)
-        correct = torch.zeros(len(live), device=device)
+        perms = torch.stack([torch.randperm(n, generator=order) for order in orders]).to(device)
+        losses = torch.empty(steps_per_epoch, k, device=device)
+        grad_norms = torch.empty(steps_per_epoch, len(names), k, device=device) if first_epoch else None
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, device=device)
         step0 = (epoch - 1) * steps_per_epoch
         for i in range(steps_per_epoch):
             idx = perms[:, i * batch:(i + 1) * batch]
@@ -173,39 +169,41 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
         # the one CPU-GPU synchronization of the epoch
         step_losses = losses.T.tolist()
         norms_of = grad_norms.permute(2, 0, 1).tolist() if first_epoch else None
-        points: list[list] = []
+        points: dict[int, list] = {}
         diverged = []
-        for slot, j in enumerate(live):
-            bad = _first_non_finite(step_losses[slot])
-            kept = step_losses[slot] if bad is None else step_losses[slot][:bad]
+        for j in live:
+            bad = _first_non_finite(step_losses[j])
+            kept = step_losses[j] if bad is None else step_losses[j][:bad]
             pts = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
             if first_epoch:
-                pts += [(f"grad_norm/{name}", v, i + 1) for i, row in enumerate(norms_of[slot][:len(kept)])
+                pts += [(f"grad_norm/{name}", v, i + 1) for i, row in enumerate(norms_of[j][:len(kept)])
                         for name, v in zip(names, row, strict=True)]
             results[j].steps = step0 + len(kept)
             if bad is not None:
                 logs[j](pts)
                 results[j].status = "diverged"
-                diverged.append(slot)
-            points.append(pts)
+                diverged.append(j)
+            points[j] = pts
         sums, rights = loss_sum.tolist(), correct.tolist()
-        survivors = [(slot, j) for slot, j in enumerate(live) if slot not in diverged]
+        survivors = [j for j in live if j not in diverged]
         if survivors:
             test_loss, test_acc = steps.evaluate(params, buffers, data.test_x, data.test_y, trainer.eval_batch_size)
-        for slot, j in survivors:
-            train_loss, train_acc = sums[slot] / n, rights[slot] / n
+        for j in survivors:
+            train_loss, train_acc = sums[j] / n, rights[j] / n
             results[j].final = {"train/loss": train_loss, "train/acc": train_acc,
-                                "test/loss": test_loss[slot], "test/acc": test_acc[slot]}
-            pts = points[slot] + [("train/acc", train_acc, epoch), ("test/acc", test_acc[slot], epoch)]
-            if not math.isfinite(test_loss[slot]):  # the last steps blew the weights up
+                                "test/loss": test_loss[j], "test/acc": test_acc[j]}
+            pts = points[j] + [("train/acc", train_acc, epoch), ("test/acc", test_acc[j], epoch)]
+            if not math.isfinite(test_loss[j]):  # the last steps blew the weights up
                 logs[j](pts)
                 results[j].status = "diverged"
-                diverged.append(slot)
+                diverged.append(j)
             else:
-                logs[j](pts + [("test/loss", test_loss[slot], epoch)])
-        if diverged:
-            drop(sorted(diverged))
+                logs[j](pts + [("test/loss", test_loss[j], epoch)])
+        # A stopped model keeps its slot (its state no longer changes what the others compute): the
+        # batch keeps its shape, so a compiled step is never compiled again for a smaller K.
+        unstack_into([models[j] for j in diverged], params, buffers, diverged)
+        live = [j for j in live if j not in diverged]
         if not live:
             break
-    unstack_into([models[j] for j in live], params, buffers, list(range(len(live))))
+    unstack_into([models[j] for j in live], params, buffers, live)
     return results
