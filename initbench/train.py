@@ -34,6 +34,7 @@ class FitResult:
 
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16}  # trainer.precision -> autocast dtype
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def autocast_dtype(trainer) -> torch.dtype | None:
@@ -93,19 +94,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable:
     """(x, y) -> (mean cross-entropy, logits) for training; under torch.compile if trainer.compile
-    (auto = on CUDA only), falling back to eager, with a warning, if compiling fails."""
+    (auto = on CUDA only), in trainer.compile_mode (null: torch's default; reduce-overhead: CUDA
+    graphs), falling back to eager, with a warning, if compiling fails."""
     amp = autocast_dtype(trainer)
 
     def eager(x, y):
         logits = forward(model, x, amp)
         return F.cross_entropy(logits, y), logits
 
-    setting = trainer.get("compile", "auto")
+    setting, mode = trainer.get("compile", "auto"), trainer.get("compile_mode")
     if setting not in ("auto", True, False):
         raise ValueError(f"unknown trainer.compile {setting!r}; valid: auto, true, false")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown trainer.compile_mode {mode!r}; valid: null, {', '.join(COMPILE_MODES[1:])}")
     if not (device.type == "cuda" if setting == "auto" else setting):
         return eager
-    compiled = torch.compile(eager, dynamic=False)
+    compiled = torch.compile(eager, dynamic=False, mode=mode)
 
     def step(x, y):
         nonlocal compiled
@@ -128,7 +132,8 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     """Train `model` on `data` for trainer.epochs; the data order comes from `seed` alone.
 
     trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress, precision
-    (float32 | bf16: bf16 autocast for the forward passes), compile (auto = on CUDA | true | false).
+    (float32 | bf16: bf16 autocast for the forward passes), compile (auto = on CUDA | true | false),
+    compile_mode (optional: torch.compile's mode).
     optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...).
     A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;
     the steps before it are logged.

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from hydra_plugins.initbench_batched_launcher.batched_launcher import BatchedLauncher
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["model=mlp", "init=default,kaiming", "seed=0,1", "dataset.train_size=256", "trainer.epochs=1"]
 # What differs between any two runs, whoever launched them.
@@ -97,3 +99,14 @@ def test_run_jobs_fails_a_bad_job_alone_batches_the_rest_in_chunks_and_skips_don
     assert again[0].result is None and again[0].value() is None and again[3].value() is None
     with pytest.raises(type(outcomes[1].error)):
         again[1].value()
+
+
+@pytest.mark.parametrize("knob,value,valid", [
+    ("mode", "parallel", "valid: auto, batched, sequential"),
+    ("compile", "yes", "valid: auto, true, false"),
+    ("compile_mode", "fast", "valid: null, default, reduce-overhead, max-autotune"),
+    ("max_models", 0, "must be >= 1, got 0"),
+])
+def test_a_bad_launcher_knob_names_the_value_and_the_valid_ones(knob, value, valid):
+    with pytest.raises(ValueError, match=f"hydra.launcher.{knob}.*{valid}"):
+        BatchedLauncher(**{knob: value})

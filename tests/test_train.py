@@ -89,6 +89,13 @@ def test_bf16_precision_is_autocast_and_an_unknown_one_is_refused():
         train(["trainer.precision=fp8"])
 
 
+def test_an_unknown_compile_setting_or_mode_is_refused():
+    with pytest.raises(ValueError, match="unknown trainer.compile 'yes'; valid: auto, true, false"):
+        train(["model=mlp", "trainer.compile=yes"])
+    with pytest.raises(ValueError, match="unknown trainer.compile_mode 'fast'; valid: null, default, reduce-overhead"):
+        train(["model=mlp", "trainer.compile=true", "trainer.compile_mode=fast"])
+
+
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager_and_compiles_once_per_batch_shape(recwarn):
     eager = by_key(train(["model=mlp", "trainer.compile=false"], epochs=2, train_size=240)[1])["train/loss"]

@@ -43,6 +43,11 @@ class BatchedLauncher(Launcher):
             raise ValueError(f"hydra.launcher.compile={compile!r}; valid: auto, true, false")
         if max_models < 1:
             raise ValueError(f"hydra.launcher.max_models must be >= 1, got {max_models}")
+        from initbench.train import COMPILE_MODES  # here: Hydra imports every plugin module at startup
+
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"hydra.launcher.compile_mode={compile_mode!r}; valid: null, "
+                             f"{', '.join(COMPILE_MODES[1:])}")
         self.max_models, self.mode, self.compile_mode = max_models, mode, compile_mode
         self.compile = compiles[str(compile).lower()]
         self.config: DictConfig | None = None
