@@ -6,10 +6,13 @@ epoch. Steps: `train/loss` and `grad_norm/<param>` use the global step k = 1, 2,
 `backprop_std/<layer>` use step 0.
 """
 
+import functools
+import inspect
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +36,8 @@ class FitResult:
     steps: int = 0  # optimizer steps taken
 
 
-PRECISIONS = {"float32": None, "bf16": torch.bfloat16}  # trainer.precision -> autocast dtype
+# trainer.precision -> autocast dtype; tf32 trains float32 tensors with TF32 matmuls and convolutions
+PRECISIONS = {"float32": None, "tf32": None, "bf16": torch.bfloat16}
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -43,6 +47,33 @@ def autocast_dtype(trainer) -> torch.dtype | None:
     if name not in PRECISIONS:
         raise ValueError(f"unknown trainer.precision {name!r}; valid: {', '.join(PRECISIONS)}")
     return PRECISIONS[name]
+
+
+@contextmanager
+def float32_math(trainer) -> Iterator[None]:
+    """Within: float32 matmuls, cuDNN convolutions and cuDNN LSTMs in IEEE float32, or in TF32
+    (10-bit mantissa, on Ampere and later GPUs) if trainer.precision is tf32. PyTorch's own default
+    is TF32 for cuDNN, which would make a GPU's float32 runs less faithful than a CPU's. Restores
+    PyTorch's flags on exit."""
+    tf32 = trainer.get("precision", "float32") == "tf32"
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def in_float32_math(train: Callable) -> Callable:
+    """Decorator: run train(..., trainer, ...) within float32_math(trainer)."""
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def wrapped(*args, **kwargs):
+        with float32_math(signature.bind(*args, **kwargs).arguments["trainer"]):
+            return train(*args, **kwargs)
+
+    return wrapped
 
 
 def resolve_device(name: str, job_index: int = 0) -> torch.device:
@@ -128,11 +159,13 @@ def _first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
 
+@in_float32_math
 def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: LogFn | None = None) -> FitResult:
     """Train `model` on `data` for trainer.epochs; the data order comes from `seed` alone.
 
     trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress, precision
-    (float32 | bf16: bf16 autocast for the forward passes), compile (auto = on CUDA | true | false),
+    (float32 | tf32: TF32 matmuls and convolutions | bf16: bf16 autocast for the forward passes; see
+    float32_math), compile (auto = on CUDA | true | false),
     compile_mode (optional: torch.compile's mode).
     optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...).
     A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;

@@ -36,7 +36,7 @@ from initbench.batched import fit_batched
 from initbench.batched.sweep import batching_pays
 from initbench.data import Dataset
 from initbench.models import DataShape, build_model
-from initbench.train import COMPILE_MODES, fit, resolve_device
+from initbench.train import COMPILE_MODES, PRECISIONS, fit, float32_math, resolve_device
 
 FAMILIES = {  # name -> (model config, (C, H, W), train size on GPU, train size on CPU)
     "lenet": ({"name": "lenet"}, (3, 32, 32), 50_000, 2048),
@@ -167,13 +167,14 @@ def bench_family(family: str, args, device: torch.device, ks: list[int], compile
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
 
-    if not args.skip_docs:
+    with float32_math(trainer):  # the baselines in the trainers' float32 math (IEEE, or TF32 with tf32)
+        if not args.skip_docs:
+            reset()
+            bases["(a)"] = docs_way(build(0), images, labels, device, args.workers)
+            row("(a) docs", 1, bases["(a)"])
         reset()
-        bases["(a)"] = docs_way(build(0), images, labels, device, args.workers)
-        row("(a) docs", 1, bases["(a)"])
-    reset()
-    bases["(a2)"] = eager_on_device(build(0), data, device)
-    row("(a2) eager dev", 1, bases["(a2)"])
+        bases["(a2)"] = eager_on_device(build(0), data, device)
+        row("(a2) eager dev", 1, bases["(a2)"])
     reset()
     seconds = last_epoch(lambda log: fit(build(0), data, trainer, OPTIMIZER, 0, log=log), device)
     row("(b) fit", 1, seconds)
@@ -198,7 +199,8 @@ def main() -> None:
     parser.add_argument("--ks", default=None, help="comma-separated K (GPU: 1,8,32,128; CPU: 1,8)")
     parser.add_argument("--n", type=int, default=None, help="training examples (default: per family)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for (a), as the docs")
-    parser.add_argument("--precision", default="float32", choices=["float32", "bf16"])
+    parser.add_argument("--precision", default="float32", choices=list(PRECISIONS),
+                        help="trainer.precision for (b) and (c); (a) and (a2) run in its float32 math")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                         help="torch.compile the training steps of (b) and (c): auto = on CUDA")
     parser.add_argument("--compile-mode", default=None, choices=[m for m in COMPILE_MODES if m],

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from initbench.batched import fit_batched
 from initbench.data import load_dataset
 from initbench.run import build_initialized_model
 from initbench.train import fit, resolve_device
@@ -85,8 +86,23 @@ def test_bf16_precision_is_autocast_and_an_unknown_one_is_refused():
     half = by_key(train(["model=mlp", "trainer.precision=bf16"])[1])["train/loss"]
     assert len(half) == len(full) and half != full  # bf16 rounding shows in the losses ...
     assert all(abs(h - f) < 0.1 * f for (_, h), (_, f) in zip(half, full, strict=True))  # ... and only there
-    with pytest.raises(ValueError, match="unknown trainer.precision 'fp8'; valid: float32, bf16"):
+    with pytest.raises(ValueError, match="unknown trainer.precision 'fp8'; valid: float32, tf32, bf16"):
         train(["trainer.precision=fp8"])
+
+
+@pytest.mark.parametrize("precision,tf32", [("float32", False), ("tf32", True), ("bf16", False)])
+def test_precision_sets_tf32_for_the_run_only(precision, tf32):
+    def flags():
+        return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+    before, seen = flags(), set()
+    cfg = compose_config(["model=mlp", f"trainer.precision={precision}", "dataset.train_size=256", "trainer.epochs=1"])
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu")
+    fit(build_initialized_model(cfg, data)[0], data, cfg.trainer, cfg.optimizer, 0, log=lambda _: seen.add(flags()))
+    fit_batched([build_initialized_model(cfg, data)[0]], data, cfg.trainer, cfg.optimizer, [0],
+                logs=[lambda _: seen.add(flags())])
+    assert seen == {(tf32, tf32)}  # matmuls and cuDNN (convolutions, LSTM) alike, in both trainers
+    assert flags() == before
 
 
 def test_an_unknown_compile_setting_or_mode_is_refused():

@@ -17,7 +17,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..train import FitResult, LogFn, autocast_dtype, probe_points
+from ..train import FitResult, LogFn, autocast_dtype, in_float32_math, probe_points
 from .functional import param_names, stack_models, unstack_into
 from .optim import StackedOptimizer, optimizer_spec
 
@@ -112,6 +112,7 @@ def _first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
 
+@in_float32_math
 def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, seeds: Sequence[int],
                 logs: Sequence[LogFn | None] | None = None, lrs: Sequence[float] | None = None, *,
                 compile: bool | str = "auto", compile_mode: str | None = None) -> list[FitResult]:
@@ -120,7 +121,7 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
     seeds[k] orders model k's data; lrs[k] (default: optimizer.lr) is its learning rate; logs[k]
     receives its metric points exactly as fit()'s `log` would. The trained state is copied back into
     each model (on the data's device). compile: "auto" (on CUDA), True or False; a step torch.compile
-    cannot handle runs eagerly. trainer.precision = bf16 (optional key) trains under bf16 autocast.
+    cannot handle runs eagerly. trainer.precision (optional key) is fit()'s: float32, tf32 or bf16.
     Unbatchable is raised before anything is logged when the models cannot be trained together.
     """
     k = len(models)
