@@ -77,12 +77,12 @@ def _probe_batch(models, data, trainer, optimizer, timed_steps: int) -> tuple[fl
     lrs = [float(OmegaConf.select(optimizer, "lr"))] * k
     opt = StackedOptimizer.build(optimizer, lrs, "constant", 1 + timed_steps, device, params[next(iter(params))].dtype)
     steps = BatchedSteps(template, param_names(models[0]), opt, device, autocast_dtype(trainer))
-    x = data.train_x[:batch].expand(k, *data.train_x[:batch].shape).contiguous()
-    y = data.train_y[:batch].expand(k, -1).contiguous()
-    if device.type == "cuda":
+    if device.type == "cuda":  # the peak counts the models' batches, gradients, activations and optimizer state
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
+    x = data.train_x[:batch].expand(k, *data.train_x[:batch].shape).contiguous()
+    y = data.train_y[:batch].expand(k, -1).contiguous()
     steps.train(params, buffers, x, y, opt.coefficients(0), True)
     peak = (torch.cuda.max_memory_allocated(device) - base) // k if device.type == "cuda" else 0
     start = time.perf_counter()
