@@ -75,17 +75,14 @@ class DocsDataset(torch.utils.data.Dataset):
         return self.transform(image), int(self.labels[i])
 
 
-def docs_way(model, images, labels, device, workers: int) -> float:
-    """Seconds for the second of two epochs of the tutorials' loop."""
+def tutorial_loop(model, batches, device) -> float:
+    """Seconds for the second of two epochs of the tutorials' training loop over batches() (x, y)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loader = torch.utils.data.DataLoader(DocsDataset(images, labels), batch_size=128, shuffle=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
     times = []
     for _ in range(2):
         sync(device)
         start = time.perf_counter()
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for x, y in batches():
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step()
@@ -94,21 +91,19 @@ def docs_way(model, images, labels, device, workers: int) -> float:
     return times[-1]
 
 
+def docs_way(model, images, labels, device, workers: int) -> float:
+    """(a): per-sample transforms in a shuffling DataLoader, each batch copied to the device."""
+    loader = torch.utils.data.DataLoader(DocsDataset(images, labels), batch_size=128, shuffle=True,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    return tutorial_loop(model, lambda: ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                                         for x, y in loader), device)
+
+
 def eager_on_device(model, data: Dataset, device) -> float:
-    """Seconds for the second of two epochs of the tutorials' loop over data already on the device."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    """(a2): the data already on the device; a batch is an index into it."""
     n = len(data.train_y)
-    times = []
-    for _ in range(2):
-        sync(device)
-        start = time.perf_counter()
-        for idx in torch.randperm(n, device=device).split(128):
-            opt.zero_grad()
-            F.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).backward()
-            opt.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times[-1]
+    return tutorial_loop(model, lambda: ((data.train_x[idx], data.train_y[idx])
+                                         for idx in torch.randperm(n, device=device).split(128)), device)
 
 
 def as_dataset(images, labels, device) -> Dataset:
