@@ -1,14 +1,22 @@
-"""`python -m initbench [overrides]`: compose the Hydra config and run one job (or a sweep with -m)."""
+"""`python -m initbench [overrides]`: compose the Hydra config and run one job (or a sweep with -m).
+
+A user's mistake (a bad config, a policy that does not fit the model, a missing dataset, a tracking
+store that cannot be used) ends a single run with its message and exit status 2 (see errors.py).
+"""
 
 import hydra
 from omegaconf import DictConfig
 
+from .errors import USER_ERRORS, exit_with_message
 from .run import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except USER_ERRORS as err:
+        exit_with_message(err)
     return result.final.get("test/acc") if result else None
 
 

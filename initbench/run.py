@@ -13,11 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import __version__
+from .config import check_config
 from .data import Dataset, load_dataset
+from .errors import REFUSED
 from .init import InitReport, build_policy
+from .interrupts import sigterm_as_interrupt
 from .models import build_model
-from .tracking import Tracker, config_hash, flatten, git_commit
-from .train import FitResult, fit, resolve_device
+from .tracking import Tracker, config_hash, flatten, git_commit, liveness
+from .train import FitResult, compiles, fit, resolve_device
 
 SWEEP_ENV = "INITBENCH_SWEEP_ID"  # set once per multirun by initbench.callbacks.SweepId
 
@@ -57,18 +60,33 @@ def prepare(cfg: DictConfig, data: Dataset | None = None) -> Prepared:
     """Everything before training; a bad config fails here, before anything is written.
     Jobs that share a dataset config may pass the `data` one of them loaded."""
     if data is None:
-        device = resolve_device(cfg.trainer.device, job_index())
-        data = load_dataset(cfg.dataset, cfg.paths.data_dir, device, image_size=cfg.model.get("image_size"))
+        data = load_dataset(cfg.dataset, cfg.paths.data_dir, job_device(cfg), image_size=cfg.model.get("image_size"))
     model, report = build_initialized_model(cfg, data)
     return Prepared(data, model, report)
 
 
-def run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
+def computed_config(cfg: DictConfig, device: torch.device) -> dict:
+    """The resolved config as it decides the result: the device as its type (auto on a CPU-only machine
+    and cpu are one computation; cuda:0 and cuda:1 too), trainer.compile as whether it compiles, and
+    without trainer.progress (a progress bar). Its hash names the computation (tag config_hash)."""
     config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = config["trainer"]
+    trainer.pop("progress", None)
+    trainer["compile"] = compiles(cfg.trainer, device)
+    trainer["device"] = device.type
+    return config
+
+
+def job_device(cfg: DictConfig) -> torch.device:
+    """The device this job trains on (trainer.device, `auto` resolved for this job of a sweep)."""
+    return resolve_device(cfg.trainer.device, job_index())
+
+
+def run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
     tags = {
         "initbench.status": "running",
         "initbench.sweep": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
-        "initbench.config_hash": config_hash(config),
+        "initbench.config_hash": config_hash(computed_config(cfg, device)),
         "initbench.version": __version__,
         "initbench.torch": torch.__version__,
         "initbench.device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
@@ -81,26 +99,35 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
 
 
 def already_done(cfg: DictConfig, tracker: Tracker) -> str | None:
-    """Resuming a sweep: the id of a `finished` or `diverged` run of this exact config (seed included),
-    which makes re-running it unnecessary, unless tracking.rerun=true. Runs of this config that a
-    killed process left RUNNING are marked KILLED on the way."""
+    """Resuming a sweep: why this job need not run, or None. A `finished` or `diverged` run of this exact
+    computation (seed included) makes it unnecessary, unless tracking.rerun=true; so does a RUNNING run
+    of it whose process is alive (another process trains it now). RUNNING runs whose process is gone
+    are marked KILLED on the way."""
+    digest = config_hash(computed_config(cfg, job_device(cfg)))
     done = None
-    for earlier in tracker.runs_with_hash(config_hash(OmegaConf.to_container(cfg, resolve=True))):
-        status = earlier.data.tags.get("initbench.status")
+    for earlier in tracker.runs_with_hash(digest):
+        run_id, status = earlier.info.run_id, earlier.data.tags.get("initbench.status")
         if earlier.info.status == "RUNNING":
+            alive, why = liveness(earlier, 60 * cfg.tracking.stale_after_min)
+            if alive:
+                return f"run {run_id} of this config is running now: {why}"
+            print(f"marking run {run_id} of {run_name(cfg)} KILLED: {why}")
             tracker.mark_killed(earlier)
         elif status in ("finished", "diverged") and done is None:
-            done = earlier.info.run_id
+            done = f"run {run_id} of this config already {status} (tracking.rerun=true runs it again)"
     return None if cfg.tracking.get("rerun", False) else done
 
 
 def start_run(cfg: DictConfig, job: Prepared, tracker: Tracker) -> None:
-    """Open the job's MLflow run: name, params, tags, config.yaml and init_report.csv."""
+    """Open the job's MLflow run: name, params, tags, config.yaml and init_report.csv (with the
+    tracker's URI, which holds no credentials)."""
     tags = run_tags(cfg, job.data.train_x.device)
-    tracker.start(run_name(cfg), flatten(OmegaConf.to_container(cfg, resolve=True)), tags)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["tracking"]["uri"] = tracker.uri
+    tracker.start(run_name(cfg), flatten(config), tags)
     print(f"MLflow run {run_name(cfg)} ({tracker.run_id}), sweep {tags['initbench.sweep']}")
     with tempfile.TemporaryDirectory() as tmp:
-        OmegaConf.save(cfg, Path(tmp) / "config.yaml", resolve=True)
+        OmegaConf.save(OmegaConf.create(config), Path(tmp) / "config.yaml")
         job.report.to_csv(Path(tmp) / "init_report.csv")
         for artifact in ("config.yaml", "init_report.csv"):
             tracker.log_artifact(Path(tmp) / artifact)
@@ -112,6 +139,12 @@ def fail_run(cfg: DictConfig, tracker: Tracker, err: BaseException) -> None:
     tracker.end("failed", error="".join(traceback.format_exception(err)))
 
 
+def kill_run(cfg: DictConfig, tracker: Tracker, err: KeyboardInterrupt) -> None:
+    """Close a run stopped by Ctrl-C or SIGTERM as `killed`, with the metrics it flushed."""
+    print(f"run {run_name(cfg)} ({tracker.run_id}) killed: {err or 'KeyboardInterrupt'}")
+    tracker.end("killed", error=f"KeyboardInterrupt: {err or 'Ctrl-C'}")
+
+
 def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
     """Close the run with its status (finished or diverged) and say where it went."""
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
@@ -121,25 +154,46 @@ def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
 
 
 def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Prepared] | None:
-    """Everything before training, for a job about to run: its tracker and its prepared model and
-    data; None (and a line saying so) when a finished run of this exact config makes it unnecessary."""
+    """Everything before training, for a job about to run: its config checked, its tracker, its
+    prepared model and data; None (and a line saying why) when it need not run (see already_done).
+    A job of a sweep refused here (a bad config, a policy that does not fit the model, a missing
+    dataset) is still recorded, as a `failed` run with its error, then the error is re-raised."""
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
-    done = already_done(cfg, tracker)
-    if done:
-        print(f"skip {run_name(cfg)}: run {done} of this config already finished "
-              "(tracking.rerun=true runs it again)")
-        return None
-    job = prepare(cfg, data)
+    try:
+        check_config(cfg)
+        done = already_done(cfg, tracker)
+        if done:
+            print(f"skip {run_name(cfg)}: {done}")
+            return None
+        job = prepare(cfg, data)
+    except REFUSED as err:
+        if os.environ.get(SWEEP_ENV):
+            record_refused(cfg, tracker, err)
+        raise
     print(job.report)
     return tracker, job
 
 
+def record_refused(cfg: DictConfig, tracker: Tracker, err: Exception) -> None:
+    """A `failed` run for a sweep's job that was refused before training: its name, its params as
+    given, its sweep, and the error, so that the sweep's table counts it."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    tags = {"initbench.sweep": os.environ[SWEEP_ENV], "initbench.refused": "true"}
+    tracker.start(run_name(cfg), flatten(config), tags)
+    tracker.end("failed", error=f"{type(err).__name__}: {err}")
+
+
 def train_and_log(cfg: DictConfig, tracker: Tracker, job: Prepared) -> FitResult:
     """Open the job's MLflow run, train, close the run. An exception during training marks the run
-    `failed` with its error text, closes it, and is re-raised."""
+    `failed` with its error text, Ctrl-C or SIGTERM marks it `killed` (with what it flushed), and both
+    close it and are re-raised."""
     start_run(cfg, job, tracker)
     try:
-        result = fit(job.model, job.data, cfg.trainer, cfg.optimizer, cfg.seed, log=tracker.log_points)
+        with sigterm_as_interrupt():
+            result = fit(job.model, job.data, cfg.trainer, cfg.optimizer, cfg.seed, log=tracker.log_points)
+    except KeyboardInterrupt as err:
+        kill_run(cfg, tracker, err)
+        raise
     except Exception as err:
         fail_run(cfg, tracker, err)
         raise

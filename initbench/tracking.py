@@ -1,40 +1,34 @@
 """MLflow logging: one run per job, metrics in batches. The only module that writes to MLflow.
 
 Conventions other tools rely on: run name `{model}-{init}-{dataset}-s{seed}`; params = the resolved
-config flattened with dots; tags `initbench.status` (finished | diverged | failed), `initbench.sweep`,
-`initbench.config_hash`, `initbench.version`, `initbench.torch`, `initbench.device`,
-`initbench.git_commit`, `initbench.error`.
+config flattened with dots; tags `initbench.status` (finished | diverged | failed | killed),
+`initbench.sweep`, `initbench.config_hash`, `initbench.version`, `initbench.torch`, `initbench.device`,
+`initbench.git_commit`, `initbench.error`, and `initbench.host`, `initbench.process`,
+`initbench.heartbeat` (who runs it, and the time of its last flush).
 """
 
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from .store import TrackingUnavailable, check_reachable, clean_uri, open_client, resolve_uri, sqlite_path
+
 # MLflow's per-request limits (log_batch): 1000 metrics, 100 params, 100 tags; param values 6000 chars.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_PARAM_CHARS = 1000, 100, 100, 6000
 # Config groups that say where things go, not what is computed: left out of the config hash.
 NOT_HASHED = ("paths", "tracking")
-MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
-
-
-class TrackingUnavailable(ConnectionError):
-    """The tracking URI cannot be reached."""
-
-
-def resolve_uri(uri: str) -> str:
-    """A relative sqlite path (sqlite:///mlflow.db) made absolute, so the printed URI works anywhere."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
+MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+MAX_ERROR_CHARS = 5000  # of a traceback, its end: the line that names the exception
+# Who runs a run, and when it last flushed: how another process tells a live run from a dead one.
+HOST_TAG, PROCESS_TAG, HEARTBEAT_TAG = "initbench.host", "initbench.process", "initbench.heartbeat"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -65,31 +59,60 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URI and the reason, when an http(s) tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as err:
-        if err.code >= 500:  # an answer below 500 (401 from an auth proxy, say) means it is there
-            raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {err.code}") from err
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise TrackingUnavailable(f"MLflow tracking server {uri} cannot be reached: {reason}") from err
-
-
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
+def process_token(pid: int) -> str:
+    """`pid:start` naming one process for good: Linux's start time (clock ticks after boot, field 22 of
+    /proc/<pid>/stat) tells a process from a later one that reuses its pid; `pid:` where unknown;
+    '' when no such process exists."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return ""
+    except PermissionError:  # someone else's process: alive
+        pass
+    return f"{pid}:"
+
+
+def liveness(run, stale_after_s: float) -> tuple[bool, str]:
+    """(alive, why) for a RUNNING run. On this host: alive while the process that started it exists.
+    Elsewhere: alive while its heartbeat (refreshed at every flush) is younger than `stale_after_s`."""
+    tags = run.data.tags
+    beat = float(tags.get(HEARTBEAT_TAG, run.info.start_time / 1000))
+    age = time.time() - beat
+    host, token = tags.get(HOST_TAG), tags.get(PROCESS_TAG, "")
+    if host == socket.gethostname() and token:
+        pid = int(token.split(":")[0])
+        if pid == os.getpid():
+            return False, "this process left it RUNNING earlier"
+        current = process_token(pid)
+        if current and (current == token or current.endswith(":") or token.endswith(":")):
+            return True, f"its process {pid} on this host is alive (last flush {age:.0f} s ago)"
+        return False, f"its process {pid} on this host is gone"
+    if age > stale_after_s:
+        return False, f"host {host or '?'} has not flushed for {age / 60:.0f} min (over {stale_after_s / 60:.0f})"
+    return True, f"host {host or '?'} flushed {age:.0f} s ago (stale after {stale_after_s / 60:.0f} min)"
+
+
 class Tracker:
-    """One MLflow run at a time in `experiment` at `uri`; the experiment is created by the first run."""
+    """One MLflow run at a time in `experiment` at `uri`; the experiment is created by the first run.
+
+    The URI is checked (scheme, reachability) and cleaned of credentials here, before anything is
+    written; the store itself is opened on first use."""
 
     def __init__(self, uri: str, experiment: str):
-        self.uri = resolve_uri(uri)
+        self.uri = resolve_uri(clean_uri(uri))
+        if not isinstance(experiment, str) or not experiment.strip():
+            raise TrackingUnavailable(f"tracking.experiment={experiment!r}: an experiment needs a name, "
+                                      "e.g. tracking.experiment=initbench")
         check_reachable(self.uri)
         self.experiment = experiment
         self.run_id: str | None = None
@@ -97,14 +120,15 @@ class Tracker:
 
     @property
     def client(self) -> MlflowClient:
-        """The MLflow client, made on first use (for a SQLite URI that creates the file)."""
+        """The MLflow client, made on first use (for a SQLite URI that creates the file, under a lock)."""
         if self._client is None:
-            self._client = MlflowClient(self.uri)
+            self._client = open_client(self.uri)
         return self._client
 
     def _store_missing(self) -> bool:
         """A SQLite store that does not exist yet: it holds no runs, and looking would create it."""
-        return self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///"):]).exists()
+        path = sqlite_path(self.uri)
+        return path is not None and not path.exists()
 
     def _experiment_id(self, create: bool) -> str | None:
         if not create and self._store_missing():
@@ -133,24 +157,31 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"])
 
     def mark_killed(self, run) -> None:
-        """Close a run that a killed process left RUNNING; its logged metrics stay."""
+        """Close a run whose process is gone; its logged metrics stay."""
         self.client.set_tag(run.info.run_id, "initbench.status", "killed")
         self.client.set_terminated(run.info.run_id, "KILLED")
 
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
-        run = self.client.create_run(self._experiment_id(create=True), run_name=run_name, tags=tags)
+        """Open a run with `params` and `tags`, plus the host, process and first heartbeat that tell
+        another process whether this one is still alive (see liveness)."""
+        alive = {HOST_TAG: socket.gethostname(), PROCESS_TAG: process_token(os.getpid()),
+                 HEARTBEAT_TAG: f"{time.time():.0f}"}
+        run = self.client.create_run(self._experiment_id(create=True), run_name=run_name, tags={**tags, **alive})
         self.run_id = run.info.run_id
         entries = [Param(k, v if len(v) <= MAX_PARAM_CHARS else v[:MAX_PARAM_CHARS - 3] + "...")
                    for k, v in params.items()]
         for chunk in _chunks(entries, MAX_PARAMS):
             self.client.log_batch(self.run_id, params=chunk)
         return self.run_id
+
     def log_points(self, points: list[tuple[str, float, int]]) -> None:
-        """Log (key, value, step) points in batches of at most 1000."""
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, step) for key, value, step in points]
-        for chunk in _chunks(metrics, MAX_METRICS):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        """Log (key, value, step) points in batches of at most 1000, and refresh the heartbeat."""
+        now = time.time()
+        metrics = [Metric(key, value, int(now * 1000), step) for key, value, step in points]
+        beat = [RunTag(HEARTBEAT_TAG, f"{now:.0f}")]
+        for chunk in _chunks(metrics, MAX_METRICS) if metrics else [[]]:
+            self.client.log_batch(self.run_id, metrics=chunk, tags=beat)
+            beat = []
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()], MAX_TAGS):
@@ -160,10 +191,11 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path))
 
     def end(self, status: str, error: str | None = None) -> None:
-        """Tag the run with its initbench status (and error text) and close it."""
+        """Tag the run with its initbench status (and the end of the error text, where the exception
+        is named) and close it."""
         tags = {"initbench.status": status}
         if error:
-            tags["initbench.error"] = error[:5000]
+            tags["initbench.error"] = error if len(error) <= MAX_ERROR_CHARS else "..." + error[-MAX_ERROR_CHARS:]
         self.set_tags(tags)
         self.client.set_terminated(self.run_id, MLFLOW_STATUS[status])
         self.run_id = None

@@ -123,6 +123,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss.item() / len(y), correct.item() / len(y)
 
 
+def compiles(trainer, device: torch.device) -> bool:
+    """Whether trainer.compile (auto = on CUDA only | true | false) compiles the training step on `device`."""
+    setting = trainer.get("compile", "auto")
+    if setting not in ("auto", True, False):
+        raise ValueError(f"unknown trainer.compile {setting!r}; valid: auto, true, false")
+    return device.type == "cuda" if setting == "auto" else setting
+
+
 def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable:
     """(x, y) -> (mean cross-entropy, logits) for training; under torch.compile if trainer.compile
     (auto = on CUDA only), in trainer.compile_mode (null: torch's default; reduce-overhead: CUDA
@@ -133,12 +141,10 @@ def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable
         logits = forward(model, x, amp)
         return F.cross_entropy(logits, y), logits
 
-    setting, mode = trainer.get("compile", "auto"), trainer.get("compile_mode")
-    if setting not in ("auto", True, False):
-        raise ValueError(f"unknown trainer.compile {setting!r}; valid: auto, true, false")
+    mode = trainer.get("compile_mode")
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown trainer.compile_mode {mode!r}; valid: null, {', '.join(COMPILE_MODES[1:])}")
-    if not (device.type == "cuda" if setting == "auto" else setting):
+    if not compiles(trainer, device):
         return eager
     compiled = torch.compile(eager, dynamic=False, mode=mode)
 

@@ -6,6 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+import initbench.config  # noqa: F401  (registers the schemas conf/ extends)
+
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 

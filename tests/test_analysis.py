@@ -2,7 +2,8 @@
 
 One sweep for the module (digits, MLP, init=default,kaiming x seed=0,1,2, one epoch on 256 examples),
 plus one kaiming run that diverges (lr=1e6), added to the same sweep through INITBENCH_SWEEP_ID; and a
-hand-made sweep with a killed run, in another experiment of the same store.
+hand-made sweep with a killed run, in another experiment of the same store. Fast tests use hand-made
+sweeps in a store of their own (seeds that agree exactly; stores that refuse the summary run).
 """
 
 import math
@@ -10,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from initbench.analysis import SUMMARY_TAG, NoRuns, SweepRuns, analyze, load_swe
 from initbench.analysis.cli import main
 from initbench.analysis.stats import bootstrap_ci, cast, first_epoch_grad_norms, steps_to_reach
 from initbench.run import SWEEP_ENV, run
+from initbench.tracking import Tracker
 
 from .conftest import compose_config
 
@@ -59,6 +62,29 @@ def raw_runs(uri: str) -> pd.DataFrame:
                      "test_acc": logged.data.metrics.get("test/acc", math.nan),
                      "train_loss": np.mean(losses) if losses else math.nan})
     return pd.DataFrame(rows)
+
+
+def hand_acc(seed: int, epoch: int) -> float:
+    return 0.5 + 0.1 * epoch + 0.01 * seed
+
+
+def log_hand_run(client: MlflowClient, experiment: str, seed: int, epochs: int, status: str,
+                 test_acc: Callable[[int, int], float] = hand_acc) -> None:
+    """A run of sweep `hand` logged as initbench logs one, of a 3-epoch config: 2 steps per epoch,
+    train/loss 2 / (step + seed), test/acc test_acc(seed, epoch); test/loss only if it finished."""
+    run_id = client.create_run(experiment, run_name=f"mlp-default-digits-s{seed}").info.run_id
+    params = {"model.name": "mlp", "dataset.name": "digits", "init.name": "default", "seed": str(seed),
+              "trainer.epochs": "3"}
+    tags = {"initbench.sweep": "hand", "initbench.status": status, "initbench.config_hash": f"h{seed}"}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    points = [Metric("train/loss", 2.0 / (step + seed), 0, step) for step in range(1, 2 * epochs + 1)]
+    for epoch in range(1, epochs + 1):
+        points += [Metric("test/acc", test_acc(seed, epoch), 0, epoch), Metric("train/acc", 0.6, 0, epoch)]
+        points += [Metric("test/loss", 1.0, 0, epoch)] if status == "finished" else []
+    client.log_batch(run_id, metrics=points)
+    if status == "finished":
+        client.set_terminated(run_id)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +149,7 @@ def test_markdown_is_ranked_and_says_diverged_runs_are_not_averaged(result):
     assert [row.split("|")[2].strip() for row in rows] == ranked
     kaiming = next(row for row in rows if "| kaiming |" in row)
     assert "| 4 | 1 | 0 |" in kaiming  # n, diverged, failed
-    assert "diverged and failed runs are counted, not averaged in" in result.markdown
+    assert "those are counted, not averaged in" in result.markdown
     assert "(model=mlp, dataset=digits)" in result.markdown  # keys shared by every group go in the caption
 
 
@@ -189,24 +215,8 @@ def test_killed_run_is_included_with_what_it_has_and_flagged(store):
     """A hand-made sweep: two finished 3-epoch runs and one killed after its first epoch."""
     client = MlflowClient(uri_of(store))
     experiment = client.create_experiment("hand")
-    def log_run(seed: int, epochs: int, status: str) -> None:
-        run_id = client.create_run(experiment, run_name=f"mlp-default-digits-s{seed}").info.run_id
-        params = {"model.name": "mlp", "dataset.name": "digits", "init.name": "default", "seed": str(seed),
-                  "trainer.epochs": "3"}
-        tags = {"initbench.sweep": "hand", "initbench.status": status, "initbench.config_hash": f"h{seed}"}
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
-                         tags=[RunTag(k, v) for k, v in tags.items()])
-        points = [Metric("train/loss", 2.0 / (step + seed), 0, step) for step in range(1, 2 * epochs + 1)]
-        for epoch in range(1, epochs + 1):
-            points += [Metric("test/acc", 0.5 + 0.1 * epoch + 0.01 * seed, 0, epoch),
-                       Metric("train/acc", 0.6, 0, epoch)]
-            points += [Metric("test/loss", 1.0, 0, epoch)] if status == "finished" else []
-        client.log_batch(run_id, metrics=points)
-        if status == "finished":
-            client.set_terminated(run_id)
-
     for seed, epochs, status in [(0, 3, "finished"), (1, 3, "finished"), (2, 1, "running")]:
-        log_run(seed, epochs, status)
+        log_hand_run(client, experiment, seed, epochs, status)
     result = analyze(uri_of(store), "hand", out=store / "hand", log_to_mlflow=False, loss_threshold=0.4)
     [row] = result.summary.itertuples()
     assert (row.n_runs, row.n_used, row.n_incomplete) == (3, 3, 1)
@@ -218,7 +228,7 @@ def test_killed_run_is_included_with_what_it_has_and_flagged(store):
     assert (row.steps_to_loss_median, row.n_reached_loss) == (5, 2)
     assert result.runs.final_train_loss.iloc[0] == pytest.approx(np.mean([2 / 5, 2 / 6]))  # last epoch: 5, 6
 
-    log_run(2, 3, "finished")  # the killed job resumed: its finished run replaces the killed one
+    log_hand_run(client, experiment, 2, 3, "finished")  # the killed job resumed: its run replaces the killed one
     result = analyze(uri_of(store), "hand", out=store / "hand", log_to_mlflow=False, loss_threshold=0.4)
     [row] = result.summary.itertuples()
     assert (row.n_runs, row.n_used, row.n_incomplete, row.notes) == (3, 3, 0, "")
@@ -238,6 +248,16 @@ def test_statistics_helpers():
     assert cast(pd.Series(["null", "3"])).tolist() == ["null", "3"]
 
 
+def test_bootstrap_ci_is_the_95_percent_interval_of_the_mean():
+    """A large normal sample: the CI of its mean is mean ± z(0.975)·s/√n = ± 1.96·s/√n to within the
+    bootstrap's noise (about 1.5% of it here); a 90% interval would be 16% narrower (± 1.645·s/√n)."""
+    x = np.random.default_rng(1).normal(10.0, 2.0, 1000)
+    half = stats.norm.ppf(0.975) * x.std() / math.sqrt(len(x))
+    low, high = bootstrap_ci(x)
+    assert (low + high) / 2 == pytest.approx(x.mean(), abs=0.05 * half)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.05)
+
+
 @pytest.mark.slow
 def test_empty_experiment_is_no_runs(store):
     MlflowClient(uri_of(store)).create_experiment("empty")
@@ -252,3 +272,71 @@ def test_grad_norm_layers_without_an_init_report_follow_natural_name_order():
     grads = first_epoch_grad_norms(SweepRuns("uri", "e", "s", pd.DataFrame(), curves))
     assert grads.param.tolist() == ["layers.2.bias", "layers.2.weight", "layers.10.weight"]
     assert grads.is_layer.tolist() == [False, True, True]
+
+
+@pytest.fixture(scope="module")
+def agreeing(tmp_path_factory) -> Path:
+    """A hand-made sweep whose 3 seeds all end every epoch at 10.00% test accuracy (chance, as under
+    init=zeros): the mean of equal floats can land 1e-17 past their min and max."""
+    folder = tmp_path_factory.mktemp("agreeing")
+    client = MlflowClient(uri_of(folder))
+    experiment = client.create_experiment("initbench", artifact_location=(folder / "mlruns").as_uri())
+    for seed in range(3):
+        log_hand_run(client, experiment, seed, 3, "finished", test_acc=lambda seed, epoch: 0.1)
+    return folder
+
+
+def test_seeds_that_agree_exactly_are_plotted(agreeing, tmp_path):
+    assert main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path), "--no-log"]) == 0
+    assert (tmp_path / "test_acc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_only_a_bad_group_key_is_a_usage_error(agreeing, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path), "--no-log", "--group-by", "optimiser"])
+    assert exit_.value.code == 2 and "cannot group by 'optimiser'" in capsys.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug of the analysis")
+
+    monkeypatch.setattr("initbench.analysis.plot_grad_norms", broken)
+    with pytest.raises(ValueError, match="a bug of the analysis"):  # a traceback, not a usage message
+        main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path), "--no-log"])
+
+
+def read_only(uri: str) -> type[Tracker]:
+    """A Tracker that opens `uri`'s SQLite file read-only (a chmod would not stop a test run as root)."""
+    path = uri[len("sqlite:///"):]
+
+    class ReadOnlyTracker(Tracker):
+        @property
+        def client(self) -> MlflowClient:
+            return MlflowClient(f"sqlite:///file:{path}?mode=ro&uri=true")
+
+    return ReadOnlyTracker
+
+
+def assert_table_then_one_warning(captured, reason: str) -> None:
+    assert "| 1 | default | 3 | 0 | 0 | 10.00 ± 0.00 |" in captured.out and "wrote summary.md" in captured.out
+    [warning] = captured.err.strip().splitlines()
+    assert warning.startswith("warning: the summary could not be logged to MLflow") and reason in warning
+
+
+def test_a_read_only_store_gets_the_table_and_a_one_line_warning(agreeing, tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr("initbench.analysis.report.Tracker", read_only(uri_of(agreeing)))
+    assert main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path)]) == 0  # the analysis succeeded
+    assert_table_then_one_warning(capfd.readouterr(), "OperationalError: attempt to write a readonly database")
+    assert (tmp_path / "summary.md").exists()
+
+
+def test_refused_artifacts_close_the_summary_run_as_failed(agreeing, tmp_path, monkeypatch, capfd):
+    def refuse(self, run_id, path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", refuse)
+    assert main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path)]) == 0
+    assert_table_then_one_warning(capfd.readouterr(), "PermissionError: [Errno 13] Permission denied")
+    client = MlflowClient(uri_of(agreeing))
+    [summary] = client.search_runs([client.get_experiment_by_name("initbench").experiment_id],
+                                   f"tags.`{SUMMARY_TAG}` = 'true'")
+    assert summary.info.status == "FAILED"  # not left RUNNING

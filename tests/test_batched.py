@@ -9,11 +9,12 @@ import math
 
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 from torch import nn
 from torch._dynamo.utils import counters
 
 from initbench.batched import LoopLSTM, Unbatchable, fit_batched, optimizer_spec, stack_models, vmappable
-from initbench.batched.sweep import group_jobs, plan
+from initbench.batched.sweep import group_jobs, plan, run_jobs
 from initbench.data import Dataset, load_dataset
 from initbench.run import build_initialized_model, prepare
 from initbench.train import fit
@@ -88,6 +89,32 @@ def test_per_model_lr_and_one_divergence_stops_that_model_only():
         assert_same_run(*outcome)
     diverged_losses = [v for k, v, _ in runs[1][4] if k == "train/loss"]
     assert all(math.isfinite(v) for v in diverged_losses) and len(diverged_losses) < 16
+
+
+def logged_losses(uri: str, run_id: str) -> list[float]:
+    return [m.value for m in sorted(MlflowClient(uri).get_metric_history(run_id, "train/loss"), key=lambda m: m.step)]
+
+
+def test_run_jobs_trains_each_model_of_a_chunk_at_its_own_lr(store, monkeypatch):
+    """The batched launcher's core on jobs that differ in optimizer.lr alone (same seed and init): each
+    job's MLflow run holds what fit() gives at that job's lr (float32: to rounding)."""
+    monkeypatch.chdir(store)  # MLflow puts a sqlite store's artifacts in ./mlruns
+    cfgs = [compose_config(["model=mlp", *TRAIN, f"optimizer.lr={lr}"], store) for lr in (0.01, 0.2)]
+    outcomes = run_jobs(cfgs, mode="batched", say=lambda _: None)
+    uri = cfgs[0].tracking.uri
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfgs[0].tracking.experiment).experiment_id])
+    run_of_lr = {float(run.data.params["optimizer.lr"]): run.info.run_id for run in runs}
+    curves = []
+    for cfg, outcome in zip(cfgs, outcomes, strict=True):
+        data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu")
+        points = []
+        single = fit(build_initialized_model(cfg, data)[0], data, cfg.trainer, cfg.optimizer, cfg.seed,
+                     log=points.extend)
+        curves.append(logged_losses(uri, run_of_lr[cfg.optimizer.lr]))
+        assert curves[-1] == pytest.approx([v for k, v, _ in points if k == "train/loss"], rel=1e-4)
+        assert outcome.result.final == pytest.approx(single.final, rel=1e-4)
+    assert curves[0][1:] != pytest.approx(curves[1][1:], rel=1e-2)  # after the first step, the lrs show
 
 
 @pytest.mark.slow

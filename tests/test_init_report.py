@@ -1,15 +1,18 @@
 """InitReport: its columns and CSV, its table, and what it says PyTorch's `default` init is."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from initbench.init import REPORT_COLUMNS, build_policy
 
 DEFAULT = build_policy({"name": "default", "rules": []})
+INIT_CONF = Path(__file__).resolve().parents[1] / "conf" / "init"
 
 
 def default_report(module: nn.Module):
@@ -80,3 +83,24 @@ def test_columns_csv_and_table(tmp_path):
     assert lines[1].split() == list(REPORT_COLUMNS)
     assert len({len(line) for line in lines[1:]}) == 1  # fixed width
     assert "0.weight" in lines[2] and "kaiming_normal" in lines[2]
+
+
+FORGET_ONE = {"name": "forget_one", "rules": [  # a constant per gate: 1 on f, 0 on i, g, o
+    {"where": {"module": "LSTM", "param": ["bias_ih", "bias_hh"], "gate": "f"}, "scheme": "constant",
+     "args": {"val": 1.0}},
+    {"where": {"module": "LSTM", "param": ["bias_ih", "bias_hh"], "gate": ["i", "g", "o"]}, "scheme": "zeros"},
+]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("policy", "std"), [
+    (OmegaConf.load(INIT_CONF / "lstm_forget_bias.yaml"), math.sqrt(3) / 8),  # 0.5 on a quarter
+    (FORGET_ONE, math.sqrt(3) / 4),  # 1 on a quarter
+], ids=["lstm_forget_bias", "per-gate-constants"])  # fmt: skip
+def test_expected_std_of_a_bias_with_one_constant_gate_is_its_std(policy, std):
+    """Slices of different constant means: the mixture's std comes from the spread of the means alone."""
+    lstm = nn.LSTM(8, 16)
+    report = build_policy(policy).apply(lstm, torch.Generator().manual_seed(0)).frame.set_index("param")
+    for name in ("bias_ih_l0", "bias_hh_l0"):
+        measured = getattr(lstm, name).std(unbiased=False).item()  # the population std of the tensor
+        assert report.loc[name, "expected_std"] == pytest.approx(measured)
+        assert measured == pytest.approx(std)

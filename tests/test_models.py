@@ -1,5 +1,6 @@
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from torch import nn
 
 from initbench.models import DataShape, build_model
@@ -65,3 +66,29 @@ def test_user_model_through_target():
 def test_unknown_model_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown model 'resnet'; valid: lenet, lstm, mlp"):
         build_model({"name": "resnet"}, DataShape(1, 8, 8, 10))
+
+
+@pytest.mark.parametrize("target,args", [
+    ("subprocess.Popen", lambda marker: {"args": ["touch", str(marker)]}),
+    ("os.system", lambda marker: {"command": f"touch {marker}"}),
+])
+def test_a_model_target_hydra_blocks_is_refused_and_runs_nothing(target, args, tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(InstantiationException, match=f"Target '{target}' is blocklisted"):
+        build_model({"_target_": target, **args(marker)}, DataShape(1, 8, 8, 10))
+    assert not marker.exists()
+
+
+class Configured(nn.Module):
+    """A user's model that takes a nested mapping as it is written in its config."""
+
+    def __init__(self, options: dict, num_classes: int):
+        super().__init__()
+        self.options = options
+        self.fc = nn.Linear(1, num_classes)
+
+
+def test_user_model_keeps_nested_args_as_plain_data():
+    model = build_model({"_target_": "tests.test_models.Configured", "options": {"_target_": "os.getcwd", "k": [1]}},
+                        DataShape(1, 8, 8, 10))
+    assert model.options == {"_target_": "os.getcwd", "k": [1]} and type(model.options) is dict

@@ -4,7 +4,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch._dynamo.utils import counters
+from torch.nn import functional as F
 
 from initbench.batched import fit_batched
 from initbench.data import load_dataset
@@ -46,6 +48,52 @@ def test_metrics_and_their_steps():
     assert all(steps == [0] for k in probe for steps in [[s for s, _ in metrics[k]]])
     # train/acc is the fraction of correct predictions over the epoch's batches
     assert 0 <= metrics["train/acc"][0][1] <= 1 and result.final["test/acc"] == metrics["test/acc"][-1][1]
+
+
+def test_grad_norms_are_the_first_epochs():
+    """grad_norm/* over 2 epochs: steps 1..4, and at step 1 the norms of the first batch's gradient at init,
+    recomputed here by hand (the same batch: the first of fit()'s seeded order)."""
+    cfg = compose_config(["model=mlp", "trainer.batch_size=64", "dataset.train_size=256", "trainer.epochs=2"])
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu")
+    model, _ = build_initialized_model(cfg, data)
+    idx = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(cfg.seed))[:64]
+    F.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).backward()
+    at_init = {name: p.grad.norm().item() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    points = []
+    fit(model, data, cfg.trainer, cfg.optimizer, cfg.seed, log=points.extend)
+    metrics = by_key(points)
+    for name, norm in at_init.items():
+        steps, values = zip(*metrics[f"grad_norm/{name}"], strict=True)
+        assert steps == (1, 2, 3, 4)
+        assert values[0] == pytest.approx(norm, rel=1e-5)
+
+
+class Overflows(nn.Module):
+    """A linear classifier whose logits, once its weights have moved, are a finite +-3e38 that no input
+    changes: cross-entropy +inf (3e38 - (-3e38) overflows float32), not NaN, and gradients 0."""
+
+    def __init__(self, features: int, classes: int):
+        super().__init__()
+        self.fc = nn.Linear(features, classes)
+        self.register_buffer("start", self.fc.weight.detach().clone())
+        self.register_buffer("huge", torch.full((classes,), -3e38).index_fill(0, torch.tensor([0]), 3e38))
+
+    def forward(self, x):
+        logits = self.fc(x.flatten(1))
+        return logits if torch.equal(self.fc.weight, self.start) else logits * 0 + self.huge
+
+
+def test_an_infinite_loss_is_a_divergence_too():
+    cfg = compose_config(["trainer.batch_size=64", "dataset.train_size=256", "trainer.epochs=2"])
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu")
+    torch.manual_seed(0)
+    model, points = Overflows(data.train_x[0].numel(), 10), []
+    result = fit(model, data, cfg.trainer, cfg.optimizer, cfg.seed, log=points.extend)
+    assert F.cross_entropy(model(data.train_x), data.train_y).item() == math.inf  # +inf from step 2 on
+    losses = by_key(points)["train/loss"]
+    assert (result.status, result.steps) == ("diverged", 1)
+    assert len(losses) == 1 and math.isfinite(losses[0][1])  # the step before the blow-up only
 
 
 def test_same_seed_same_curves_and_different_seed_different():

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
+import initbench.config  # noqa: F401  (registers initbench's schemas: any compose of conf/ finds them)
+
 
 @dataclass
 class BatchedLauncherConf:

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from .load import HISTORY_KEYS, SUMMARY_TAG, NoRuns, SweepRuns, load_sweep, parameter_order
 from .plots import plot_curves, plot_grad_norms
-from .report import log_summary_run, markdown_table, write_outputs
-from .stats import first_epoch_grad_norms, group_grad_norms, per_run, summarize
+from .report import log_summary_run, markdown_table, root_cause, write_outputs
+from .stats import UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
 
-__all__ = ["Analysis", "NoRuns", "SUMMARY_TAG", "SweepRuns", "analyze", "load_sweep", "per_run", "summarize"]
+__all__ = ["Analysis", "NoRuns", "SUMMARY_TAG", "SweepRuns", "UnknownGroupKey", "analyze", "load_sweep", "per_run",
+           "summarize"]
 
 DEFAULT_GROUP_BY = ("model", "dataset", "init")
 DEFAULT_LOSS_THRESHOLD = 0.5
@@ -27,7 +29,8 @@ DEFAULT_LOSS_THRESHOLD = 0.5
 @dataclass
 class Analysis:
     """What analyze() computed and wrote: `runs` one row per run, `summary` one row per group (ranked),
-    `grad_norms` per group and parameter, the markdown table, the files and the summary run's id."""
+    `grad_norms` per group and parameter, the markdown table, the files and the summary run's id, or
+    `log_error`: why the summary run could not be logged."""
 
     sweep: SweepRuns
     runs: pd.DataFrame
@@ -36,6 +39,7 @@ class Analysis:
     markdown: str
     files: list[Path] = field(default_factory=list)
     summary_run_id: str | None = None
+    log_error: str | None = None
 
 
 def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
@@ -45,8 +49,9 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     """Analyze one sweep (the latest when `sweep` is None; every run with "all").
 
     Writes the tables and plots to `out` (default results/<sweep id>) and, with `log_to_mlflow`, the
-    same files to a summary run of the sweep. Raises NoRuns when there is nothing to analyze, and
-    ValueError for a group-by key the runs do not have."""
+    same files to a summary run of the sweep; if the store refuses it (read-only, unreachable), the
+    result says why in `log_error`. Raises NoRuns when there is nothing to analyze, and
+    UnknownGroupKey (a ValueError) for a group-by key the runs do not have."""
     data = load_sweep(uri, experiment, sweep)
     keys = list(group_by)
     runs = per_run(data, keys, loss_threshold)
@@ -68,6 +73,9 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     if log_to_mlflow:
         params = {"sweep": data.sweep, "group_by": ",".join(keys), "baseline": str(baseline),
                   "loss_threshold": str(loss_threshold), "runs": str(len(runs))}
-        result.summary_run_id = log_summary_run(data.uri, data.experiment, data.sweep, files, params,
-                                                markdown)
+        try:
+            result.summary_run_id = log_summary_run(data.uri, data.experiment, data.sweep, files, params,
+                                                    markdown)
+        except (MlflowException, OSError) as err:  # the store's errors, artifact writes, connections
+            result.log_error = root_cause(err)
     return result

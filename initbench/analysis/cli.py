@@ -6,7 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import DEFAULT_GROUP_BY, DEFAULT_LOSS_THRESHOLD, NoRuns, analyze
+from ..store import TrackingUnavailable
+from . import DEFAULT_GROUP_BY, DEFAULT_LOSS_THRESHOLD, NoRuns, UnknownGroupKey, analyze
 
 # The runs' own defaults (conf/tracking/default.yaml), so that a bare command finds what a bare run logged.
 TRACKING_CONF = Path(__file__).resolve().parents[2] / "conf" / "tracking" / "default.yaml"
@@ -52,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     except NoRuns as err:
         print(f"nothing to analyze: {err}", file=sys.stderr)
         return 2
-    except ValueError as err:
+    except TrackingUnavailable as err:  # a store that cannot be read: its own one-line reason
+        print(f"TrackingUnavailable: {err}", file=sys.stderr)
+        return 2
+    except UnknownGroupKey as err:  # a bad --group-by; any other error is a bug and keeps its traceback
         cli.error(str(err))
     print(result.markdown)
     out = result.files[0].parent
@@ -62,4 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logged them to the summary run {result.summary_run_id} (summary-{result.sweep.sweep}) "
               f"in experiment {result.sweep.experiment!r}")
     print(f"open the runs with: mlflow ui --backend-store-uri {uri}")
+    if result.log_error:  # the analysis succeeded: a warning, exit status 0
+        print(f"warning: the summary could not be logged to MLflow ({uri}): {result.log_error}; --no-log skips "
+              "this step", file=sys.stderr)
     return 0

@@ -9,14 +9,13 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from unittest import mock
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ..tracking import resolve_uri
+from ..store import clean_uri, open_client, resolve_uri, sqlite_path
 
 STATUS_TAG, SWEEP_TAG = "initbench.status", "initbench.sweep"
 HASH_TAG = "tags.initbench.config_hash"  # the column of the tag that names a run's exact config
@@ -46,10 +45,11 @@ class SweepRuns:
 
 def open_store(uri: str) -> MlflowClient:
     """A client for `uri`; a sqlite file that does not exist is NoRuns (MLflow would create it empty)."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
         raise NoRuns(f"no MLflow store at {uri}: the file does not exist. Pass --tracking-uri, the URI "
                      "printed at the end of a run.")
-    return MlflowClient(uri)
+    return open_client(uri)
 
 
 def search_frame(client: MlflowClient, experiment_ids: list[str]) -> pd.DataFrame:
@@ -147,7 +147,7 @@ def load_sweep(uri: str, experiment: str, sweep: str | None = None) -> SweepRuns
     """The runs of `sweep` (the latest one when None; every run of the experiment when "all").
 
     Raises NoRuns, listing the experiments and sweeps that exist, when there is nothing to analyze."""
-    uri = resolve_uri(uri)
+    uri = resolve_uri(clean_uri(uri))
     client = open_store(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

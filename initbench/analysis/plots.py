@@ -45,8 +45,8 @@ def _band(ax, curves: pd.DataFrame, label: str, color, marker=None, dodge: float
     the lines' bars do not hide each other) at each step."""
     stats = curves.groupby("step").value.agg(["mean", "min", "max", "size"])
     label = f"{label} (n={stats['size'].max()})"
-    if marker:
-        spread = [stats["mean"] - stats["min"], stats["max"] - stats["mean"]]
+    if marker:  # clipped at 0: where every run agrees, the mean's rounding can pass the min or max by 1e-17
+        spread = [(stats["mean"] - stats["min"]).clip(lower=0), (stats["max"] - stats["mean"]).clip(lower=0)]
         ax.errorbar(stats.index + dodge, stats["mean"], yerr=spread, marker=marker, markersize=4, capsize=2,
                     color=color, label=label)
     else:

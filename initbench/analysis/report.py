@@ -1,6 +1,9 @@
 """The summary as a GitHub-flavoured markdown table, the files of results/, and the summary MLflow run."""
 
+import logging
 import math
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -45,17 +48,19 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
     varying = [k for k in group_keys if summary[k].astype(str).nunique() > 1] or group_keys[-1:]
     same = {k: summary[k].iloc[0] for k in group_keys if k not in varying}
     has_p = summary.p_welch.notna().any()
-    header = ["#", *varying, "n", "diverged", "failed", "final test acc %", f"{CI_LEVEL:.0%} CI",
+    counts = ["diverged", "failed"] + (["killed"] if summary.n_killed.any() else [])
+    header = ["#", *varying, "n", *counts, "final test acc %", f"{CI_LEVEL:.0%} CI",
               "best test acc %", "final train loss", f"steps to loss ≤ {loss_threshold:g}",
               "grad norm first/last"]
     if has_p:
         header += [f"Δ acc vs {baseline} (pp)", "p (Welch)"]
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("--:" if h in ("#", "n", "diverged", "failed") else "---" for h in header) + "|"]
+             "|" + "|".join("--:" if h in ("#", "n", *counts) else "---" for h in header) + "|"]
     for rank, (_, row) in enumerate(summary.iterrows(), start=1):
         mark = " †" if row.n_incomplete else ""
-        cells = [str(rank), *(str(row[k]) for k in varying), str(row.n_runs), str(row.n_diverged),
-                 str(row.n_failed), _pct(row.final_test_acc_mean, row.final_test_acc_std) + mark,
+        cells = [str(rank), *(str(row[k]) for k in varying), str(row.n_runs),
+                 *(str(row[f"n_{c}"]) for c in counts),
+                 _pct(row.final_test_acc_mean, row.final_test_acc_std) + mark,
                  _ci(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
                  _pct(row.best_test_acc_mean, row.best_test_acc_std),
                  _loss(row.final_train_loss_mean, row.final_train_loss_std),
@@ -68,8 +73,8 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
     notes = [
         f"Ranked by mean final test accuracy. n: runs (seeds) in the group. Mean ± std (ddof 1) and "
         f"{CI_LEVEL:.0%} CI (percentile bootstrap of the mean, {RESAMPLES:,} resamples) are over the "
-        "n − diverged − failed runs that neither diverged nor failed: **diverged and failed runs are "
-        "counted, not averaged in**.",
+        "runs that neither diverged, failed nor were killed (Ctrl-C, SIGTERM, a dead process): **those "
+        "are counted, not averaged in**.",
         "final train loss: mean batch loss of the last epoch. steps to loss ≤ X: median first step "
         "whose batch loss ≤ X, with how many runs reached it (never: fewer than half did).",
         "grad norm first/last: first-epoch gradient norm of the first layer's weight over the last "
@@ -107,14 +112,41 @@ def write_outputs(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, curves: 
     return [out / name for name in ("summary.md", *files)]
 
 
+@contextmanager
+def mlflow_store_quiet():
+    """Within: MLflow's store does not log its errors (with their tracebacks) before raising them."""
+    logger = logging.getLogger("mlflow.store")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@mlflow_store_quiet()
 def log_summary_run(uri: str, experiment: str, sweep: str, files: list[Path], params: dict[str, str],
                     markdown: str) -> str:
     """A run `summary-<sweep>` in the sweep's experiment holding the files as artifacts and the table as
-    its description; tagged initbench.summary=true so that analysis never counts it as a job."""
+    its description; tagged initbench.summary=true so that analysis never counts it as a job. An error
+    of the store is raised, not logged: the caller says in one line what it was (see root_cause)."""
     tracker = Tracker(uri, experiment)
     tags = {SUMMARY_TAG: "true", SWEEP_TAG: sweep, "mlflow.note.content": markdown[:MAX_NOTE]}
     run_id = tracker.start(f"summary-{sweep}", params, tags)
-    for path in files:
-        tracker.log_artifact(path)
+    try:
+        for path in files:
+            tracker.log_artifact(path)
+    except Exception as err:  # an artifact store that refuses writes: close the run, do not leave it running
+        tracker.end("failed", error="".join(traceback.format_exception(err)))
+        raise
     tracker.end("finished")
     return run_id
+
+
+def root_cause(err: BaseException) -> str:
+    """The type and first line of the error that started a chain: MLflow wraps SQLAlchemy's
+    OperationalError, which wraps sqlite3's "attempt to write a readonly database"."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__

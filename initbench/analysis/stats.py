@@ -16,9 +16,13 @@ from scipy import stats
 
 from .load import GRAD_PREFIX, HISTORY_KEYS, SweepRuns
 
-COUNTED_ONLY = ("diverged", "failed")  # statuses that are counted, never averaged in
+COUNTED_ONLY = ("diverged", "failed", "killed")  # statuses that are counted, never averaged in
 MEASURES = ("final_test_acc", "best_test_acc", "final_train_loss")
 CI_LEVEL, RESAMPLES = 0.95, 10_000
+
+
+class UnknownGroupKey(ValueError):
+    """A group-by key that no run has as a param: a bad argument, not a bug (the message lists the params)."""
 
 
 def param_column(runs: pd.DataFrame, key: str) -> str:
@@ -27,8 +31,8 @@ def param_column(runs: pd.DataFrame, key: str) -> str:
         if column in runs.columns:
             return column
     known = sorted(c[7:] for c in runs.columns if c.startswith("params."))
-    raise ValueError(f"cannot group by {key!r}: the runs have no param {key}.name or {key}; "
-                     f"their params: {', '.join(known)}")
+    raise UnknownGroupKey(f"cannot group by {key!r}: the runs have no param {key}.name or {key}; "
+                          f"their params: {', '.join(known)}")
 
 
 def cast(values: pd.Series) -> pd.Series:
@@ -163,7 +167,7 @@ def summarize(runs: pd.DataFrame, grads: pd.DataFrame, group_keys: list[str], ba
               init_key: str = "init") -> pd.DataFrame:
     """One row per group, ranked by mean final test accuracy (best first, groups with no usable run last).
 
-    Columns: the group keys; n_seeds, n_runs, n_used, n_diverged, n_failed, n_incomplete; for each of
+    Columns: the group keys; n_seeds, n_runs, n_used, n_diverged, n_failed, n_killed, n_incomplete; for each of
     MEASURES its mean, std (ddof 1), ci_low, ci_high over the used runs; final_test_acc_iqm;
     steps_to_loss_median (inf: never) and n_reached_loss; grad_norm_first, grad_norm_last (first and
     last layer weight, mean over steps and seeds) and grad_norm_ratio; delta_vs_baseline and p_welch
@@ -177,6 +181,7 @@ def summarize(runs: pd.DataFrame, grads: pd.DataFrame, group_keys: list[str], ba
         row.update(n_seeds=group.seed.nunique(), n_runs=len(group), n_used=len(ok),
                    n_diverged=int((group.status == "diverged").sum()),
                    n_failed=int((group.status == "failed").sum()),
+                   n_killed=int((group.status == "killed").sum()),
                    n_incomplete=int(ok.flag.ne("").sum()))
         for measure in MEASURES:
             values = ok[measure].dropna()

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
-from ..run import Prepared, fail_run, finish_run, open_job, run_name, start_run, train_and_log
+from ..run import Prepared, fail_run, finish_run, kill_run, open_job, run_name, start_run, train_and_log
 from ..tracking import Tracker
 from ..train import FitResult, autocast_dtype
 from .functional import Unbatchable, param_names, stack_models
@@ -162,7 +162,8 @@ def _run_one(cfg: DictConfig, tracker: Tracker, job: Prepared) -> JobOutcome:
 def _run_chunk(cfgs: list[DictConfig], jobs: list[Prepared], trackers: list[Tracker], compile,
                compile_mode) -> list[JobOutcome]:
     """Open each job's run, train the chunk with fit_batched, close the runs. A job whose logging
-    fails is failed alone; an error of the batched step fails the chunk's runs that are still open."""
+    fails is failed alone; an error of the batched step fails the chunk's runs that are still open;
+    Ctrl-C (or SIGTERM, which a sweep turns into it) kills them and is re-raised."""
     outcomes = [JobOutcome() for _ in jobs]
     live = []
     for i, (cfg, job, tracker) in enumerate(zip(cfgs, jobs, trackers, strict=True)):
@@ -187,6 +188,10 @@ def _run_chunk(cfgs: list[DictConfig], jobs: list[Prepared], trackers: list[Trac
                               [cfgs[i].seed for i in live], logs=[log_to(i) for i in live],
                               lrs=[float(cfgs[i].optimizer.lr) for i in live],
                               compile=compile, compile_mode=compile_mode) if live else []
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM in a sweep: every open run ends killed
+        for i in live:
+            kill_run(cfgs[i], trackers[i], err)
+        raise
     except Exception as err:
         results = [None] * len(live)
         for i in live:

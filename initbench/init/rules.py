@@ -1,8 +1,9 @@
 """Parsing a policy file's rules: where-clause, scheme (or _target_), args, optional."""
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from hydra.utils import instantiate
 
 from .matching import GATES, Where, parse_where
 from .schemes import SCHEMES, Scheme, make_scheme
@@ -82,20 +83,10 @@ def parse_rule(policy: str, index: int, raw: object) -> Rule:
 
 
 def import_object(path: str) -> object:
-    """The object at dotted `path` (pkg.module.fn or pkg.module.Class.method)."""
-    parts = path.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:cut])
-        try:
-            obj = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name is not None and module_name.startswith(err.name):
-                continue  # this prefix is not a module: try a shorter one
-            raise
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(f"no module of {path!r} can be imported")
+    """The callable at dotted `path` (pkg.module.fn or pkg.module.Class.method), located as Hydra's
+    instantiate locates a `_target_`, so that Hydra's target policy (which refuses os.system,
+    subprocess.Popen, eval and the like) applies to a policy's functions too."""
+    return instantiate({"_target_": path, "_partial_": True}).func
 
 
 def _import_target(path: object, fail) -> Scheme:

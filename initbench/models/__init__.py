@@ -3,7 +3,7 @@
 import inspect
 from dataclasses import dataclass
 
-from hydra.utils import get_class
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -56,20 +56,22 @@ _NOT_ARGS = {"_target_", "name", "image_size"}
 
 
 def _user_model(cfg: dict, shape: DataShape) -> nn.Module:
-    """Instantiate cfg['_target_'] with the config's arguments; fill in `in_channels`, `in_features`,
-    `image_size` and `num_classes` from the data where the constructor takes them and the config
-    does not give them."""
-    cls = get_class(cfg["_target_"])
+    """Instantiate cfg['_target_'] with the config's arguments through Hydra's instantiate, whose
+    target policy refuses what a config must not run (subprocess.Popen, os.system, ...); fill in
+    `in_channels`, `in_features`, `image_size` and `num_classes` from the data where the constructor
+    takes them and the config does not give them."""
     args = {k: v for k, v in cfg.items() if k not in _NOT_ARGS}
+    # _partial_: the target is resolved and checked, not called yet; nested dicts stay plain dicts
+    build = instantiate({**args, "_target_": cfg["_target_"], "_partial_": True, "_recursive_": False,
+                         "_convert_": "all"})
     from_data = {
         "in_channels": shape.channels,
         "in_features": shape.in_features,
         "image_size": shape.height,
         "num_classes": shape.num_classes,
     }
-    accepted = inspect.signature(cls).parameters
-    args.update({k: v for k, v in from_data.items() if k in accepted and k not in args})
-    model = cls(**args)
+    accepted = inspect.signature(build.func).parameters
+    model = build(**{k: v for k, v in from_data.items() if k in accepted and k not in args})
     if not isinstance(model, nn.Module):
         raise TypeError(f"model._target_ {cfg['_target_']!r} built a {type(model).__name__}, not an nn.Module")
     return model

@@ -1,0 +1,333 @@
+"""The config's schemas (Hydra structured configs) and check_config, for what a schema cannot say.
+
+Importing this module registers the schemas in Hydra's ConfigStore under `schema/`; a conf/ file
+extends one through its defaults list (`- /schema/trainer/default@_here_`), so a wrong type or an
+unknown key fails at compose time with the key's full name (a key added with + is left to
+check_config). Import it before Hydra composes conf/.
+The schemas give no values (the files do): a composed config is the same with or without them.
+A file without a schema line (your own model, optimizer or policy) is free-form; check_config still
+checks the values it has.
+"""
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+SEED_MAX = 2**32 - 1  # torch's CPU generator keeps 32 bits: larger or negative seeds repeat these
+SCHEDULES = ("constant", "cosine")
+SWITCHES = ("auto", True, False)  # trainer.progress, trainer.compile
+NOT_CHECKED = ("tracking", "paths")  # checked where they are used
+
+
+@dataclass
+class TrainerConf:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    schedule: str = MISSING
+    eval_batch_size: int = MISSING
+    progress: Any = MISSING  # auto | true | false
+    precision: str = MISSING
+    compile: Any = MISSING  # auto | true | false
+    compile_mode: str | None = MISSING
+
+
+@dataclass
+class SGDConf:
+    """torch.optim.SGD; its other keyword arguments (nesterov, dampening, ...) may be added with +."""
+
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class AdamConf:
+    """torch.optim.Adam; its other keyword arguments (amsgrad, ...) may be added with +."""
+
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class DatasetConf:
+    """A torchvision dataset: mnist, fashion_mnist, cifar10."""
+
+    name: str = MISSING
+    split_seed: int = MISSING
+    train_size: int | None = MISSING
+
+
+@dataclass
+class DigitsConf(DatasetConf):
+    test_fraction: float = MISSING
+
+
+@dataclass
+class LeNetConf:
+    name: str = MISSING
+    image_size: int | None = MISSING
+
+
+@dataclass
+class MLPConf:
+    name: str = MISSING
+    depth: int = MISSING
+    width: int = MISSING
+    activation: str = MISSING
+    batch_norm: bool = MISSING
+
+
+@dataclass
+class LSTMConf:
+    name: str = MISSING
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+
+
+@dataclass
+class InitConf:
+    """An init policy (conf/init/*.yaml, the type of the config's `init`; policy files have no defaults
+    list, since build_policy reads them as they are). Its rules are checked by build_policy. A policy
+    with sweepable fields of its own (sigma_w, ...) will get a subclass of this schema."""
+
+    name: str = MISSING  # the file's name
+    rules: list[Any] = field(default_factory=list)
+    lsuv: dict[str, Any] | None = None
+
+
+@dataclass
+class Config:
+    """conf/config.yaml: the groups and the seed. The files of a group bring their own schema (a
+    defaults-list line), except init's, whose schema is the type of this `init`."""
+
+    model: Any = MISSING
+    init: InitConf = MISSING
+    dataset: Any = MISSING
+    optimizer: Any = MISSING
+    trainer: Any = MISSING
+    tracking: Any = MISSING
+    paths: Any = MISSING
+    seed: int = MISSING
+
+
+SCHEMAS = {
+    "schema/config": Config,
+    "schema/trainer/default": TrainerConf,
+    "schema/optimizer/sgd": SGDConf,
+    "schema/optimizer/adam": AdamConf,
+    "schema/dataset/torchvision": DatasetConf,
+    "schema/dataset/digits": DigitsConf,
+    "schema/model/lenet": LeNetConf,
+    "schema/model/mlp": MLPConf,
+    "schema/model/lstm": LSTMConf,
+}
+for _path, _schema in SCHEMAS.items():
+    _group, _name = _path.rsplit("/", 1)
+    ConfigStore.instance().store(group=_group, name=_name, node=_schema, provider="initbench")
+
+
+class ConfigError(ValueError):
+    """A config that composed but cannot run; the message lists every problem, one per line."""
+
+
+def _show(value: Any, quote: bool = True) -> str:
+    """`value` as an override writes it: null, true, 0.5, 'text' (text unquoted in lists of options)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value) if isinstance(value, str) and quote else str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+Rule = tuple[Callable[[Any], bool], str]  # (test, what it wants)
+
+
+def _one_of(options) -> Rule:
+    """Exactly one of `options`: true is not 1."""
+    return (lambda v: any(type(v) is type(o) and v == o for o in options),
+            "one of " + ", ".join(_show(o, quote=False) for o in options))
+
+
+def _int_in(low: int, high: int | None = None, nullable: bool = False) -> Rule:
+    text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    return (lambda v: (nullable and v is None) or (_is_int(v) and low <= v and (high is None or v <= high)),
+            text + (" or null" if nullable else ""))
+
+
+def _real(test: Callable[[float], bool], text: str) -> Rule:
+    return (lambda v: _is_real(v) and test(v)), f"a finite number {text}"
+
+
+def _rules() -> dict[str, Rule]:
+    """key -> rule, for keys checked wherever they are present."""
+    # imported here, not at the top: this module is imported before Hydra composes, these bring torch
+    from .data import VALID as DATASETS
+    from .train import COMPILE_MODES, PRECISIONS
+
+    at_least_1 = _int_in(1)
+    return {
+        "seed": _int_in(0, SEED_MAX),
+        "trainer.epochs": at_least_1,
+        "trainer.batch_size": at_least_1,
+        "trainer.eval_batch_size": at_least_1,
+        "trainer.schedule": _one_of(SCHEDULES),
+        "trainer.precision": _one_of(PRECISIONS),
+        "trainer.compile": _one_of(SWITCHES),
+        "trainer.compile_mode": _one_of(COMPILE_MODES),
+        "trainer.progress": _one_of(SWITCHES),
+        "optimizer.lr": _real(lambda v: v > 0, "> 0"),
+        "optimizer.weight_decay": _real(lambda v: v >= 0, ">= 0"),
+        "optimizer.momentum": _real(lambda v: 0 <= v < 1, "in [0, 1)"),
+        "optimizer.eps": _real(lambda v: v > 0, "> 0"),
+        "optimizer.betas": (lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+                            and all(_is_real(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+        "model.depth": at_least_1,
+        "model.width": at_least_1,
+        "model.hidden_size": at_least_1,
+        "model.num_layers": at_least_1,
+        "model.image_size": _int_in(1, nullable=True),
+        "dataset.name": _one_of(DATASETS),
+        "dataset.train_size": _int_in(1, nullable=True),
+        "dataset.split_seed": _int_in(0, SEED_MAX),
+        "dataset.test_fraction": _real(lambda v: 0 < v < 1, "in (0, 1)"),
+    }
+
+
+_ABSENT = object()
+
+
+def _range_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    for key, (test, wanted) in _rules().items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not test(value):
+            problems.append(f"{key}={_show(value)}: must be {wanted}")
+    return problems
+
+
+def _target_params(target: str) -> list[str] | None:
+    """The parameters of `target` that have defaults, which a config may add (None: it takes
+    **kwargs); located as instantiate locates it, so Hydra's target policy applies."""
+    params = inspect.signature(instantiate({"_target_": target, "_partial_": True}).func).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.default is not p.empty]
+
+
+def _key_problems(node: DictConfig, prefix: str = "") -> list[str]:
+    """In the config (`node`) and its groups: a `_target_` that cannot be imported or that Hydra's target
+    policy refuses, and keys added with + to a node with a schema (or, with a `_target_`, not among its
+    parameters)."""
+    problems = []
+    schema = OmegaConf.get_type(node)
+    valid = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    if "_target_" in node:
+        try:
+            params = _target_params(node._target_)
+        except Exception as err:  # the same error instantiate would raise later
+            return [f"{prefix}_target_={_show(node._target_)}: {type(err).__name__}: {' '.join(str(err).split())}"]
+        if valid is not None:
+            valid = None if params is None else valid + [p for p in params if p not in valid]
+    for key in node:
+        if valid is not None and key not in valid:
+            problems.append(f"{prefix}{key}: unknown key; valid: {', '.join(valid)}")
+        elif not prefix and key not in NOT_CHECKED and OmegaConf.is_dict(node[key]):
+            problems += _key_problems(node[key], f"{prefix}{key}.")
+    return problems
+
+
+def _device_problems(cfg: DictConfig) -> list[str]:
+    from .train import resolve_device
+
+    name = cfg.trainer.device
+    try:
+        resolve_device(name)
+    except RuntimeError as err:  # torch.device's: not a device string
+        return [f"trainer.device={_show(name)}: must be auto or a torch device (cpu, cuda, cuda:1, mps); {err}"]
+    except ValueError as err:  # resolve_device's: a device this machine lacks
+        return [str(err)]
+    return []
+
+
+def _mlp_problems(cfg: DictConfig) -> list[str]:
+    """The MLP family's activation (build_model's dispatch: no _target_, name mlp)."""
+    from .models.mlp import ACTIVATIONS
+
+    model = cfg.model
+    if "_target_" in model or model.get("name") != "mlp" or model.get("activation") in ACTIVATIONS:
+        return []
+    return [f"model.activation={_show(model.get('activation'))}: must be one of {', '.join(ACTIVATIONS)}"]
+
+
+def _nesterov_problems(cfg: DictConfig) -> list[str]:
+    """torch.optim.SGD's rule: Nesterov momentum needs a momentum and no dampening."""
+    opt = cfg.optimizer
+    momentum, dampening = opt.get("momentum", 0), opt.get("dampening", 0)
+    if not opt.get("nesterov") or (_is_real(momentum) and momentum > 0 and dampening == 0):
+        return []
+    return [f"optimizer.nesterov=true: needs optimizer.momentum > 0 (is {_show(momentum)}) "
+            f"and optimizer.dampening=0 (is {_show(dampening)})"]
+
+
+def _init_file() -> str | None:
+    """The conf/init file Hydra chose for this job; None where Hydra's config is not a job's: no Hydra
+    (compose, tests) or a multirun's base config (the batched launcher's jobs see that one)."""
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode == RunMode.MULTIRUN and OmegaConf.is_missing(hydra.job, "num"):
+        return None
+    return hydra.runtime.choices.get("init")
+
+
+def _init_problems(cfg: DictConfig) -> list[str]:
+    """The policy's own checks, and its name against its file's when Hydra says which file it is."""
+    from .init import InitError, build_policy
+
+    problems = []
+    try:
+        build_policy(cfg.init)
+    except InitError as err:
+        problems.append(f"init: {err}")
+    chosen = _init_file()
+    name = cfg.init.get("name")
+    if chosen is not None and name != chosen:
+        problems.append(f"init.name={_show(name)}: must be the policy file's name, {chosen!r} "
+                        "(the analysis groups runs by init.name)")
+    return problems
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem (full key, bad value, what is valid) of a composed
+    config that its schemas cannot catch: values left ???, keys added with +, ranges, options and
+    cross-field rules. Loads no data, opens no store; tracking.* and paths.* are not checked."""
+    problems = [f"{key}: has no value (???)" for key in sorted(OmegaConf.missing_keys(cfg))
+                if key.split(".")[0] not in NOT_CHECKED]
+    if not problems:  # the checks below read values
+        problems = (_key_problems(cfg) + _range_problems(cfg) + _device_problems(cfg) + _mlp_problems(cfg)
+                    + _nesterov_problems(cfg) + _init_problems(cfg))
+    if problems:
+        raise ConfigError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n  "
+                          + "\n  ".join(problems))

@@ -1,0 +1,26 @@
+"""A user's mistake ends a command with its message alone and exit status 2, as Hydra's own config
+errors do: no traceback (HYDRA_FULL_ERROR=1 shows one). In a sweep it fails its job only."""
+
+import os
+import sys
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from .config import ConfigError
+from .data import DatasetUnavailable
+from .init import InitError
+from .store import TrackingUnavailable
+
+# Found before training: the config, the policy against the model, the data. The sweep records these.
+REFUSED = (ConfigError, InitError, DatasetUnavailable)
+USER_ERRORS = (*REFUSED, TrackingUnavailable)
+
+
+def exit_with_message(err: Exception) -> None:
+    """Print `err` as one message and exit 2; re-raise it within a sweep (Hydra then fails that job
+    and goes on) or when HYDRA_FULL_ERROR=1 asks for the traceback."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"{type(err).__name__}: {err}", file=sys.stderr)
+    sys.exit(2)
