@@ -9,12 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hydra_plugins.initbench_batched_launcher.batched_launcher import BatchedLauncher
+from initbench.tracking import HEARTBEAT_TAG, PROCESS_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["model=mlp", "init=default,kaiming", "seed=0,1", "dataset.train_size=256", "trainer.epochs=1"]
 # What differs between any two runs, whoever launched them.
-RUN_SPECIFIC_TAGS = {"initbench.sweep", "mlflow.runName", "mlflow.user", "mlflow.source.name",
-                     "mlflow.source.type", "mlflow.source.git.commit"}
+RUN_SPECIFIC_TAGS = {"initbench.sweep", PROCESS_TAG, HEARTBEAT_TAG, "mlflow.runName", "mlflow.user",
+                     "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"}
 
 
 def sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
