@@ -1,6 +1,7 @@
 """Hydra callbacks around a run or a sweep: credentials out of the config before Hydra saves it, one
 sweep id per sweep command (jobs may run in other processes), the store opened once, SIGTERM handled."""
 
+import atexit
 import hashlib
 import json
 import os
@@ -12,10 +13,10 @@ from contextlib import contextmanager
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from . import interrupts
-from .run import SWEEP_ENV
+from . import __version__, interrupts
+from .run import PARENT_ENV, SWEEP_ENV
 from .store import TrackingUnavailable, clean_uri, redact
-from .tracking import Tracker
+from .tracking import Tracker, git_commit
 
 # Overrides that change how a sweep runs, not what it computes: left out of its id.
 NOT_IN_SWEEP_ID = ("hydra", "tracking.rerun", "trainer.progress")
@@ -45,6 +46,21 @@ def sweep_id(config: DictConfig) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def open_sweep_run(config: DictConfig) -> None:
+    """Open the store, the experiment and the sweep's parent run (a resumed sweep's earlier one), name
+    it in INITBENCH_PARENT_RUN for the jobs, and close it (FINISHED) when this process exits, however."""
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    sweep = os.environ[SWEEP_ENV]
+    commit = git_commit()
+    params = {"sweep.overrides": " ".join(OmegaConf.to_container(config.hydra.overrides.task))}
+    tags = {"initbench.version": __version__, **({"initbench.git_commit": commit} if commit else {}),
+            "mlflow.note.content": f"Sweep `{sweep}`: `python -m initbench -m {params['sweep.overrides']}`. "
+                                   "`python scripts/analyze.py` puts its ranked table here."}
+    parent = tracker.sweep_run(sweep, params, tags)
+    os.environ[PARENT_ENV] = parent
+    atexit.register(tracker.close_sweep_run, parent)
+
+
 @contextmanager
 def _refusing() -> Iterator[None]:
     """Hydra turns a callback's exception into a warning and goes on: a store that cannot be used
@@ -60,8 +76,8 @@ class SweepId(Callback):
     """Before a single run: its config cleaned of credentials. Before the first job of a multirun: the
     same, INITBENCH_SWEEP_ID set unless the user set it (which launchers' worker processes inherit),
     the tracking store and experiment opened once (an unreachable URI fails before any job, parallel
-    jobs do not race to create tables), and SIGTERM made to stop the sweep's workers and end their
-    runs KILLED."""
+    jobs do not race to create tables), the sweep's parent run opened (see open_sweep_run), and SIGTERM
+    made to stop the sweep's workers and end their runs KILLED."""
 
     def __init__(self) -> None:
         self._previous_sigterm = None
@@ -76,7 +92,7 @@ class SweepId(Callback):
             if SWEEP_ENV not in os.environ:
                 os.environ[SWEEP_ENV] = sweep_id(config)
                 print(f"sweep {os.environ[SWEEP_ENV]} (the same command again resumes it)")
-            Tracker(config.tracking.uri, config.tracking.experiment).ensure_experiment()
+            open_sweep_run(config)
         self._previous_sigterm = interrupts.install(stop_children=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

@@ -4,7 +4,8 @@
 with torchvision's own dataset classes from `data_dir`, downloaded there on first use.
 """
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,17 @@ class Dataset:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    _digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def digest(self, split: str) -> str:
+        """sha256 (16 hex digits) of the `split` ("train" or "test") tensors exactly as trained or tested
+        on (normalized images, then labels): equal digests, equal data. Computed once per split."""
+        if split not in self._digests:
+            hasher = hashlib.sha256()
+            for tensor in (getattr(self, f"{split}_x"), getattr(self, f"{split}_y")):
+                hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._digests[split] = hasher.hexdigest()[:16]
+        return self._digests[split]
 
     @property
     def shape(self) -> DataShape:

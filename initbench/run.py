@@ -23,6 +23,7 @@ from .tracking import Tracker, config_hash, flatten, git_commit, liveness
 from .train import FitResult, compiles, fit, resolve_device
 
 SWEEP_ENV = "INITBENCH_SWEEP_ID"  # set once per multirun by initbench.callbacks.SweepId
+PARENT_ENV = "INITBENCH_PARENT_RUN"  # the sweep's parent run id, set there too
 
 
 @dataclass
@@ -82,10 +83,18 @@ def job_device(cfg: DictConfig) -> torch.device:
     return resolve_device(cfg.trainer.device, job_index())
 
 
+def sweep_tags() -> dict[str, str]:
+    """The sweep of this job (a new id for a single run) and, in a multirun, its parent run."""
+    tags = {"initbench.sweep": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12]}
+    if os.environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    return tags
+
+
 def run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
     tags = {
         "initbench.status": "running",
-        "initbench.sweep": os.environ.get(SWEEP_ENV) or uuid.uuid4().hex[:12],
+        **sweep_tags(),
         "initbench.config_hash": config_hash(computed_config(cfg, device)),
         "initbench.version": __version__,
         "initbench.torch": torch.__version__,
@@ -118,6 +127,16 @@ def already_done(cfg: DictConfig, tracker: Tracker) -> str | None:
     return None if cfg.tracking.get("rerun", False) else done
 
 
+def dataset_inputs(cfg: DictConfig, data: Dataset) -> list[dict]:
+    """The training and test sets as the tracker logs them: name, digest of the exact tensors, split,
+    the dataset config as source, shapes and class count as profile."""
+    source = OmegaConf.to_container(cfg.dataset, resolve=True)
+    return [{"name": data.name, "digest": data.digest(split), "context": split, "source": source,
+             "profile": {"num_rows": len(getattr(data, f"{split}_y")),
+                         "shape": list(getattr(data, f"{split}_x").shape), "classes": data.shape.num_classes}}
+            for split in ("train", "test")]
+
+
 def start_run(cfg: DictConfig, job: Prepared, tracker: Tracker) -> None:
     """Open the job's MLflow run: name, params, tags, config.yaml and init_report.csv (with the
     tracker's URI, which holds no credentials)."""
@@ -126,6 +145,7 @@ def start_run(cfg: DictConfig, job: Prepared, tracker: Tracker) -> None:
     config["tracking"]["uri"] = tracker.uri
     tracker.start(run_name(cfg), flatten(config), tags)
     print(f"MLflow run {run_name(cfg)} ({tracker.run_id}), sweep {tags['initbench.sweep']}")
+    tracker.log_datasets(dataset_inputs(cfg, job.data))
     with tempfile.TemporaryDirectory() as tmp:
         OmegaConf.save(OmegaConf.create(config), Path(tmp) / "config.yaml")
         job.report.to_csv(Path(tmp) / "init_report.csv")
@@ -178,7 +198,7 @@ def record_refused(cfg: DictConfig, tracker: Tracker, err: Exception) -> None:
     """A `failed` run for a sweep's job that was refused before training: its name, its params as
     given, its sweep, and the error, so that the sweep's table counts it."""
     config = OmegaConf.to_container(cfg, resolve=False)
-    tags = {"initbench.sweep": os.environ[SWEEP_ENV], "initbench.refused": "true"}
+    tags = {**sweep_tags(), "initbench.refused": "true"}
     tracker.start(run_name(cfg), flatten(config), tags)
     tracker.end("failed", error=f"{type(err).__name__}: {err}")
 

@@ -15,9 +15,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset as MlflowDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from .store import TrackingUnavailable, check_reachable, clean_uri, open_client, resolve_uri, sqlite_path
 
@@ -27,6 +29,11 @@ MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_PARAM_CHARS = 1000, 100, 100, 6000
 NOT_HASHED = ("paths", "tracking")
 MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 MAX_ERROR_CHARS = 5000  # of a traceback, its end: the line that names the exception
+# The tag MLflow's UI reads to open an experiment on its runs (the classic training view), not on the
+# GenAI overview of traces; a value of its ExperimentKind enum.
+KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
+PARENT_TAG = "initbench.parent"  # a sweep's parent run: its jobs are its children, its analysis is logged to it
 # Who runs a run, and when it last flushed: how another process tells a live run from a dead one.
 HOST_TAG, PROCESS_TAG, HEARTBEAT_TAG = "initbench.host", "initbench.process", "initbench.heartbeat"
 
@@ -102,6 +109,10 @@ def liveness(run, stale_after_s: float) -> tuple[bool, str]:
     return True, f"host {host or '?'} flushed {age:.0f} s ago (stale after {stale_after_s / 60:.0f} min)"
 
 
+class WriteFailed(MlflowException):
+    """Metric points that Tracker.log_points queued and MLflow's asynchronous queue failed to write."""
+
+
 class Tracker:
     """One MLflow run at a time in `experiment` at `uri`; the experiment is created by the first run.
 
@@ -134,15 +145,18 @@ class Tracker:
         if not create and self._store_missing():
             return None
         found = self.client.get_experiment_by_name(self.experiment)
-        if found or not create:
+        if not create:
             return found.experiment_id if found else None
-        try:
-            return self.client.create_experiment(self.experiment)
-        except MlflowException:  # a parallel job created it first
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is None:
-                raise
-            return found.experiment_id
+        if found is None:
+            try:
+                return self.client.create_experiment(self.experiment, tags=EXPERIMENT_TAGS)
+            except MlflowException:  # a parallel job created it first
+                found = self.client.get_experiment_by_name(self.experiment)
+                if found is None:
+                    raise
+        if KIND_TAG not in found.tags:  # made by an older initbench, or by hand: tell the UI what it holds
+            self.client.set_experiment_tag(found.experiment_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
+        return found.experiment_id
 
     def ensure_experiment(self) -> str:
         """Create the store's tables and the experiment now (once, before parallel jobs race to)."""
@@ -156,6 +170,37 @@ class Tracker:
         return self.client.search_runs([experiment_id], f"tags.`initbench.config_hash` = '{digest}'",
                                        order_by=["attributes.start_time DESC"])
 
+    def find_sweep_run(self, sweep: str):
+        """The parent run of sweep `sweep` (tagged PARENT_TAG), or None."""
+        experiment_id = self._experiment_id(create=False)
+        if experiment_id is None:
+            return None
+        query = f"tags.`{PARENT_TAG}` = 'true' and tags.`initbench.sweep` = '{sweep}'"
+        found = self.client.search_runs([experiment_id], query, max_results=1)
+        return found[0] if found else None
+
+    def sweep_run(self, sweep: str, params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> str:
+        """The id of sweep `sweep`'s parent run (named `sweep-<id>`, tagged PARENT_TAG), RUNNING: the one
+        a run of the same sweep opened before (reopened), or a new one with `params` and `tags`. Jobs
+        name it as their parent (tag mlflow.parentRunId)."""
+        found = self.find_sweep_run(sweep)
+        if found is not None:
+            if found.info.status != "RUNNING":
+                self.client.update_run(found.info.run_id, "RUNNING")
+            return found.info.run_id
+        run = self.client.create_run(self._experiment_id(create=True), run_name=f"sweep-{sweep}",
+                                     tags={**(tags or {}), PARENT_TAG: "true", "initbench.sweep": sweep})
+        self._log_params(run.info.run_id, params or {})
+        return run.info.run_id
+
+    def close_sweep_run(self, run_id: str) -> None:
+        """End a sweep's parent run (FINISHED: its jobs say how each went); a store that is gone by
+        now is reported, not raised, since this runs as the process exits."""
+        try:
+            self.client.set_terminated(run_id, "FINISHED")
+        except Exception as err:  # noqa: BLE001  (at exit: say it, do not mask the exit status)
+            print(f"could not close the sweep's parent run {run_id}: {type(err).__name__}: {err}")
+
     def mark_killed(self, run) -> None:
         """Close a run whose process is gone; its logged metrics stay."""
         self.client.set_tag(run.info.run_id, "initbench.status", "killed")
@@ -168,20 +213,67 @@ class Tracker:
                  HEARTBEAT_TAG: f"{time.time():.0f}"}
         run = self.client.create_run(self._experiment_id(create=True), run_name=run_name, tags={**tags, **alive})
         self.run_id = run.info.run_id
+        self._log_params(self.run_id, params)
+        return self.run_id
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """Params in batches of at most 100, values cut to MLflow's 6000 characters."""
         entries = [Param(k, v if len(v) <= MAX_PARAM_CHARS else v[:MAX_PARAM_CHARS - 3] + "...")
                    for k, v in params.items()]
         for chunk in _chunks(entries, MAX_PARAMS):
-            self.client.log_batch(self.run_id, params=chunk)
-        return self.run_id
+            self.client.log_batch(run_id, params=chunk)
+
+    # Metric points go through MLflow's asynchronous logging queue (MlflowClient.log_batch with
+    # synchronous=False): one queue per store object, shared by every Tracker of this process on the same
+    # URI (MLflow caches the store), written by its worker threads while training goes on. False: every
+    # log_batch returns only once the store has it (as before; scripts/bench_logging.py compares both).
+    asynchronous = True
+
+    @property
+    def _writes(self) -> list:
+        """This run's asynchronous writes (MLflow RunOperations) not yet checked, oldest first."""
+        return self.__dict__.setdefault("_async_writes", [])
+
+    def _settle(self) -> list[str]:
+        """Wait for this run's asynchronous writes; the errors of those that failed (none lost: a wait
+        cut short by Ctrl-C leaves the rest for the next call)."""
+        failures = []
+        while self._writes:
+            try:
+                self._writes[0].wait()
+            except MlflowException as err:  # RunOperations.wait names every failed request
+                failures.append(err.message)
+            self._writes.pop(0)
+        return failures
 
     def log_points(self, points: list[tuple[str, float, int]]) -> None:
-        """Log (key, value, step) points in batches of at most 1000, and refresh the heartbeat."""
+        """Log (key, value, step) points, with the heartbeat, in requests of at most 1,000 entries
+        (MLflow's limit per log_batch: the first request carries 999 points and the heartbeat tag).
+
+        Asynchronous (see `asynchronous`): the points are queued and this returns at once, after
+        waiting for the previous call's writes, so at most one call (one epoch) of this run is ever
+        in flight; a failure of those is raised here as WriteFailed (training stops and the run ends
+        `failed`, as it would have at once had the write been synchronous)."""
+        failures = self._settle()
+        if failures:
+            raise WriteFailed(f"MLflow failed to write metric points of run {self.run_id}: {'; '.join(failures)}")
         now = time.time()
         metrics = [Metric(key, value, int(now * 1000), step) for key, value, step in points]
         beat = [RunTag(HEARTBEAT_TAG, f"{now:.0f}")]
-        for chunk in _chunks(metrics, MAX_METRICS) if metrics else [[]]:
-            self.client.log_batch(self.run_id, metrics=chunk, tags=beat)
+        for chunk in [metrics[:MAX_METRICS - 1], *_chunks(metrics[MAX_METRICS - 1:], MAX_METRICS)]:
+            if self.asynchronous:
+                self._writes.append(self.client.log_batch(self.run_id, metrics=chunk, tags=beat, synchronous=False))
+            else:
+                self.client.log_batch(self.run_id, metrics=chunk, tags=beat)
             beat = []
+
+    def log_datasets(self, datasets: list[dict]) -> None:
+        """The data the run trained and was tested on, as MLflow dataset inputs (the UI's Datasets
+        column): each {name, digest, context ("train" | "test"), source (a dict), profile (a dict)}."""
+        inputs = [DatasetInput(MlflowDataset(d["name"], d["digest"], "code", json.dumps(d["source"]),
+                                             profile=json.dumps(d["profile"])),
+                               tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]) for d in datasets]
+        self.client.log_inputs(self.run_id, datasets=inputs)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()], MAX_TAGS):
@@ -191,11 +283,26 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path))
 
     def end(self, status: str, error: str | None = None) -> None:
-        """Tag the run with its initbench status (and the end of the error text, where the exception
-        is named) and close it."""
+        """Wait until every metric point handed to log_points is in the store (or its write failed),
+        tag the run with its initbench status (and the end of the error text, where the exception is
+        named) and close it.
+
+        A failed asynchronous write makes the run end `failed` (MLflow FAILED, so a resumed sweep runs
+        it again), with `WriteFailed: ...` after any error text of the caller in `initbench.error`. The
+        run is closed either way; then, for a run that would have ended finished or diverged, end
+        raises WriteFailed, so that the job fails. For failed and killed it does not: the caller is
+        raising its own error already (a KeyboardInterrupt included), which this would hide."""
+        failures = self._settle()
+        raising = False
+        if failures:
+            lost = f"WriteFailed: MLflow failed to write metric points (training ended {status}): {'; '.join(failures)}"
+            error = f"{error}\n{lost}" if error else lost
+            raising, status = status in ("finished", "diverged"), "failed"
         tags = {"initbench.status": status}
         if error:
             tags["initbench.error"] = error if len(error) <= MAX_ERROR_CHARS else "..." + error[-MAX_ERROR_CHARS:]
         self.set_tags(tags)
         self.client.set_terminated(self.run_id, MLFLOW_STATUS[status])
-        self.run_id = None
+        run_id, self.run_id = self.run_id, None
+        if raising:
+            raise WriteFailed(f"run {run_id} ended failed: {lost}")

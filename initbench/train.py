@@ -1,9 +1,10 @@
 """The training loop for one model: data on the device, a batch is an index, metrics flushed per epoch.
 
 fit() knows nothing of MLflow: it hands metric points (key, value, step) to a `log` callback once per
-epoch. Steps: `train/loss` and `grad_norm/<param>` use the global step k = 1, 2, ... (the k-th batch);
-`train/acc`, `test/loss`, `test/acc` use the epoch (1-based); the init probe's `act_std/<layer>` and
-`backprop_std/<layer>` use step 0.
+epoch. Steps: `train/loss` and `vitals/grad_norm/<param>` use the global step k = 1, 2, ... (the k-th
+batch); `train/acc`, `test/loss`, `test/acc` use the epoch (1-based); the init probe's
+`vitals/act_std/<layer>` and `vitals/backprop_std/<layer>` use step 0. The diagnostics share the
+`vitals/` prefix, which MLflow's chart view makes one section, sorted after `test/` and `train/`.
 """
 
 import functools
@@ -26,6 +27,8 @@ from .init import signal_probe
 
 logger = logging.getLogger(__name__)
 MetricPoint = tuple[str, float, int]  # (key, value, step)
+VITALS = "vitals/"  # the diagnostics' section: the init probe, first-epoch gradient norms
+GRAD_NORM = VITALS + "grad_norm/"
 LogFn = Callable[[list[MetricPoint]], None]
 
 
@@ -94,7 +97,7 @@ def resolve_device(name: str, job_index: int = 0) -> torch.device:
 def probe_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[MetricPoint]:
     """The init probe's per-layer activation and backpropagated-gradient std, as step-0 points."""
     table = signal_probe(model, x, y)
-    return [(f"{kind}/{row.layer}", float(getattr(row, kind)), 0)
+    return [(f"{VITALS}{kind}/{row.layer}", float(getattr(row, kind)), 0)
             for row in table.itertuples() for kind in ("act_std", "backprop_std")]
 
 
@@ -229,7 +232,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
         kept = step_losses if bad is None else step_losses[:bad]
         points = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
         if first_epoch:
-            points += [(f"grad_norm/{name}", v, i + 1)
+            points += [(f"{GRAD_NORM}{name}", v, i + 1)
                        for i, row in enumerate(grad_norms[:len(kept)].tolist())
                        for (name, _), v in zip(named, row, strict=True)]
         result.steps = step0 + len(kept)

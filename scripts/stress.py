@@ -241,6 +241,12 @@ def wait_until(what: str, predicate: Callable, timeout: float, job: Job | None =
         time.sleep(poll)
 
 
+def job_runs(runs: list) -> list:
+    """The runs of jobs: without a sweep's parent run (tag initbench.parent) and analysis summaries."""
+    return [r for r in runs if r.data.tags.get("initbench.parent") != "true"
+            and r.data.tags.get("initbench.summary") != "true"]
+
+
 def epochs_flushed(client: MlflowClient, run_id: str) -> int:
     return len(client.get_metric_history(run_id, "test/acc"))
 
@@ -295,8 +301,8 @@ def expected_history(client: MlflowClient, run, epochs: int, steps_per_epoch: in
     every_step = list(range(1, epochs * steps_per_epoch + 1))
     expected = {"train/loss": every_step}
     expected.update({k: list(range(1, epochs + 1)) for k in ("train/acc", "test/loss", "test/acc")})
-    expected.update({k: list(range(1, steps_per_epoch + 1)) for k in keys if k.startswith("grad_norm/")})
-    expected.update({k: [0] for k in keys if k.startswith(("act_std/", "backprop_std/"))})
+    expected.update({k: list(range(1, steps_per_epoch + 1)) for k in keys if k.startswith("vitals/grad_norm/")})
+    expected.update({k: [0] for k in keys if k.startswith(("vitals/act_std/", "vitals/backprop_std/"))})
     return expected
 
 
@@ -309,7 +315,7 @@ def parallel(table: Table, uri: str, work: Path, jobs: int, epochs: int, train_s
                f"tracking.uri={uri}", "tracking.experiment=stress-parallel"], work)
     wall = time.monotonic() - start
     client = MlflowClient(uri)
-    runs = runs_in(uri, "stress-parallel")
+    runs = job_runs(runs_in(uri, "stress-parallel"))
     steps_per_epoch = math.ceil(train_size / BATCH)
     expected_points = found_points = duplicated = lost = 0
     for run in runs:
@@ -348,7 +354,7 @@ def failures_sweep(table: Table, uri: str, work: Path) -> None:
              "dataset.train_size=256", "trainer.epochs=2", "trainer.progress=false", f"tracking.uri={uri}",
              "tracking.experiment=stress-failures"]
     first = sh(sweep, work)
-    runs = runs_in(uri, "stress-failures")
+    runs = job_runs(runs_in(uri, "stress-failures"))
     by_status: dict[str, list] = {}
     for r in runs:
         by_status.setdefault(r.data.tags.get("initbench.status"), []).append(r)
@@ -364,7 +370,8 @@ def failures_sweep(table: Table, uri: str, work: Path) -> None:
               })
 
     again = sh(sweep, work)
-    new = [r for r in runs_in(uri, "stress-failures") if r.info.run_id not in {old.info.run_id for old in runs}]
+    before = {old.info.run_id for old in runs}
+    new = [r for r in job_runs(runs_in(uri, "stress-failures")) if r.info.run_id not in before]
     skipped = [line for line in again.stdout.splitlines() if line.startswith("skip ")]
     rerun = [r.info.run_name for r in new]
     table.add("failures", "the same sweep run again",
@@ -407,8 +414,8 @@ def sigkill(table: Table, uri: str, work: Path, epochs: int, train_size: int) ->
     still = history_steps(uri, dead.info.run_id, "train/loss")
     table.add("sigkill", done,
               f"killed after {kept_epochs} epochs; the re-run (exit {again.returncode}) marks the stale run "
-              f"{old.info.status} ({old.data.tags.get('initbench.status')}) and "
-              f"{new[0].info.status.lower() if new else 'makes no'} new one ({len(new_loss)} of "
+              f"{old.info.status} ({old.data.tags.get('initbench.status')}) and its new run is "
+              f"{new[0].info.status if new else 'missing'} ({len(new_loss)} of "
               f"{epochs * steps_per_epoch} train/loss points); the dead run keeps the {len(still)} points "
               f"({kept_epochs} whole epochs) it had flushed", {
                   "the re-run marks the stale run KILLED": again.returncode == 0 and old.info.status == "KILLED"
@@ -452,7 +459,8 @@ def bad_inputs(table: Table, work: Path) -> None:
         table.add("bad-inputs", f"`{' '.join(argv)}`",
                   f"exit {proc.returncode}; {shown}; wrote {', '.join(written) or 'nothing'}", {
                       f"exit status {REFUSED_STATUS}": proc.returncode == REFUSED_STATUS,
-                      "the message names the key and the value": key in err and any(v in err for v in values),
+                      f"the message names the key ({key})": key in err,
+                      f"the message names the value ({value})": any(v in err for v in values),
                       "no traceback": not any(line.startswith("Traceback") for line in err.splitlines()),
                       "nothing written (no mlflow.db, no mlruns/)": not written,
                   })
@@ -515,6 +523,9 @@ def store_race(table: Table, work: Path, pairs: int, mode: str, train_size: int)
               "trainer.progress=false"], last, timeout=600)
     analysis = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), "--no-log"], cwd=last,
                               env=initbench_env(last), capture_output=True, text=True, timeout=600)
+    for name, proc in (("the job", job), ("analyze.py", analysis)):
+        if proc.returncode != 0:
+            problems.append(f"{name} in the last store: exit {proc.returncode}: {tail(proc.stderr, 2)}")
     if problems:
         print("  " + "\n  ".join(problems))
     jobs = 2 * pairs
@@ -573,7 +584,7 @@ def interrupt(table: Table, work: Path, sig: signal.Signals, train_size: int, ep
               else f"exits {job.proc.returncode} after {exited_after:.1f} s")
     tag = run.data.tags.get("initbench.status")
     table.add("interrupts", f"{sig.name} to a single {epochs}-epoch run after its first flushed epoch "
-              f"({before} flushed then)",
+              f"({before} epochs flushed when signalled)",
               f"run {run.info.status} (initbench.status={tag}) {killed}; the process {exited}; kept {kept} whole "
               f"epochs: train/loss steps 1..{loss[-1] if loss else 0} ({len(loss)} points)", {
                   f"KILLED with initbench.status=killed within {KILLED_WITHIN_S:.0f} s":
@@ -629,6 +640,9 @@ def sweep_sigterm(table: Table, work: Path, train_size: int, epochs: int) -> Non
                 os.kill(pid, signal.SIGKILL)
     runs = [client.get_run(i) for i in ids]
     described = ", ".join(f"{r.info.run_name} {r.info.status} ({r.data.tags.get('initbench.status')})" for r in runs)
+    parents = [r for r in client.search_runs([runs[0].info.experiment_id]) if r not in job_runs([r])]
+    if parents:  # the sweep's parent run, where there is one
+        described += "; the sweep's parent run " + ", ".join(r.info.status for r in parents)
     alive_text = ", ".join(f"{pid} ({name})" for pid, name in left.items()) or "none"
     print(f"  processes started by the sweep: {', '.join(f'{p} ({n})' for p, n in names.items())}")
     print(f"  timeline after the signal: {'; '.join(timeline) or 'nothing changed'}")
@@ -666,7 +680,7 @@ def resume(table: Table, work: Path, epochs: int) -> None:
     first_id = (SWEEP_LINE.findall(first.stdout) or ["?"])[0]
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("initbench")
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    runs = job_runs(client.search_runs([experiment.experiment_id])) if experiment else []
     if first.returncode != 0 or len(runs) != 4:
         table.add("resume", "a 2x2 sweep", f"exit {first.returncode}, {len(runs)} runs: {tail(first.stderr, 2)}",
                   {"the first sweep runs 4 jobs": False})
@@ -677,7 +691,7 @@ def resume(table: Table, work: Path, epochs: int) -> None:
     again_id = (SWEEP_LINE.findall(again.stdout) or ["?"])[0]
     skipped = [line for line in again.stdout.splitlines() if line.startswith("skip ")]
     new = [name for name, _, _ in RUN_LINE.findall(again.stdout)]
-    active = client.search_runs([experiment.experiment_id])
+    active = job_runs(client.search_runs([experiment.experiment_id]))
     sweeps = {r.data.tags.get("initbench.sweep") for r in active}
     analysis = subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), "--no-log"], cwd=folder,
                               env=initbench_env(folder), capture_output=True, text=True, timeout=600)
@@ -686,7 +700,7 @@ def resume(table: Table, work: Path, epochs: int) -> None:
     table.add("resume", f"a 2-init x 2-seed sweep ({epochs} epochs), run {lost.info.run_name} deleted "
               "(MlflowClient.delete_run), the same command again, then `analyze.py --no-log`",
               f"sweep id {first_id}, then {again_id}; exits {first.returncode}, {again.returncode}; {len(skipped)} "
-              f"skipped, re-ran {', '.join(new) or 'nothing'}; {len(active)} active runs in sweep(s) "
+              f"skipped, re-ran {', '.join(new) or 'nothing'}; {len(active)} job runs in sweep(s) "
               f"{', '.join(sorted(map(str, sweeps)))}; analyze.py exit {analysis.returncode}, n = {counted} "
               f"(table written to results/{first_id}: {'yes' if out.is_dir() else 'no'})", {
                   "the same sweep id": first_id == again_id != "?",
@@ -718,7 +732,7 @@ def live_run(table: Table, work: Path, train_size: int, epochs: int) -> None:
     run = client.get_run(run_id)
     error = run.data.tags.get("initbench.error", "")
     table.add("live-run", f"job A ({epochs} epochs) RUNNING; the same config started in process B",
-              f"B exit {second.returncode}: `{skip[:110]}`; A's run {status_after_b} after B, A "
+              f"B exit {second.returncode}: `{skip}`; A's run {status_after_b} after B, A "
               f"{'alive and still flushing' if a_alive else 'gone'}; then SIGINT to A: its run "
               f"{run.info.status} by A itself (`{error}`)", {
                   "B skips: `run ... of this config is running now`, exit 0": second.returncode == 0

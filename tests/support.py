@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from initbench.run import SWEEP_ENV
+from initbench.run import PARENT_ENV, SWEEP_ENV
+from initbench.tracking import PARENT_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONF = ROOT / "tests" / "conf"  # model=exploding: training raises when seed == 1
@@ -106,6 +107,7 @@ def initbench_env(cwd: Path) -> dict[str, str]:
     (tests.failing), no inherited sweep id, no telemetry."""
     env = {**os.environ, **QUIET, "INITBENCH_DATA_DIR": str(cwd / "data"), "PYTHONPATH": str(ROOT)}
     env.pop(SWEEP_ENV, None)
+    env.pop(PARENT_ENV, None)
     return env
 
 
@@ -115,10 +117,20 @@ def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
                           text=True, timeout=timeout)
 
 
-def runs_in(uri: str, experiment: str) -> list:
+def all_runs_in(uri: str, experiment: str) -> list:
+    """Every run of `experiment`: the jobs' and the sweeps' parent runs."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id]) if found else []
+
+
+def runs_in(uri: str, experiment: str) -> list:
+    """The jobs' runs of `experiment` (not the sweeps' parent runs)."""
+    return [r for r in all_runs_in(uri, experiment) if PARENT_TAG not in r.data.tags]
+
+
+def parent_runs_in(uri: str, experiment: str) -> list:
+    return [r for r in all_runs_in(uri, experiment) if PARENT_TAG in r.data.tags]
 
 
 def history_steps(uri: str, run_id: str, key: str) -> list[int]:

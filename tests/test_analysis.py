@@ -3,7 +3,7 @@
 One sweep for the module (digits, MLP, init=default,kaiming x seed=0,1,2, one epoch on 256 examples),
 plus one kaiming run that diverges (lr=1e6), added to the same sweep through INITBENCH_SWEEP_ID; and a
 hand-made sweep with a killed run, in another experiment of the same store. Fast tests use hand-made
-sweeps in a store of their own (seeds that agree exactly; stores that refuse the summary run).
+sweeps in a store of their own (seeds that agree exactly; stores that refuse the analysis' logging).
 """
 
 import math
@@ -22,11 +22,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from initbench.analysis import SUMMARY_TAG, NoRuns, SweepRuns, analyze, load_sweep
+from initbench.analysis import NoRuns, SweepRuns, analyze, load_sweep
 from initbench.analysis.cli import main
 from initbench.analysis.stats import bootstrap_ci, cast, first_epoch_grad_norms, steps_to_reach
 from initbench.run import SWEEP_ENV, run
-from initbench.tracking import Tracker
+from initbench.tracking import PARENT_TAG, Tracker
 
 from .conftest import compose_config
 
@@ -49,15 +49,16 @@ def uri_of(folder: Path) -> str:
 
 
 def raw_runs(uri: str) -> pd.DataFrame:
-    """The runs straight from MLflow, one row each: what the analysis is checked against."""
+    """The jobs' runs straight from MLflow (not the sweep's parent run), one row each: what the analysis
+    is checked against."""
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("initbench").experiment_id])
     rows = []
-    for logged in runs:
+    for logged in (r for r in runs if PARENT_TAG not in r.data.tags):
         params, tags = logged.data.params, logged.data.tags
         losses = [m.value for m in client.get_metric_history(logged.info.run_id, "train/loss")]
         rows.append({"run_id": logged.info.run_id, "init": params.get("init.name"), "seed": params.get("seed"),
-                     "status": tags["initbench.status"], "summary": tags.get(SUMMARY_TAG),
+                     "status": tags["initbench.status"],
                      "sweep": tags["initbench.sweep"],
                      "test_acc": logged.data.metrics.get("test/acc", math.nan),
                      "train_loss": np.mean(losses) if losses else math.nan})
@@ -124,7 +125,7 @@ def test_groups_and_counts(result):
 
 @pytest.mark.slow
 def test_means_equal_pandas_on_the_raw_runs_without_the_diverged_one(store, result):
-    raw = raw_runs(uri_of(store)).query("summary != 'true'")
+    raw = raw_runs(uri_of(store))
     finished = raw[raw.status == "finished"].groupby("init")
     table = result.summary.set_index("init").sort_index()
     # one epoch: final = best test accuracy; final train loss = the mean of all its batch losses
@@ -171,13 +172,16 @@ def test_files_and_non_empty_pngs(store, result):
 
 
 @pytest.mark.slow
-def test_summary_run_holds_the_files_and_later_analysis_ignores_it(store, result):
+def test_the_analysis_goes_to_the_sweeps_parent_run_and_later_analysis_ignores_it(store, result):
     client = MlflowClient(uri_of(store))
-    summary = client.get_run(result.summary_run_id)
-    assert summary.data.tags[SUMMARY_TAG] == "true"
-    assert summary.data.tags["initbench.sweep"] == result.sweep.sweep
-    assert {a.path for a in client.list_artifacts(result.summary_run_id)} == {p.name for p in result.files}
-    again = load_sweep(uri_of(store), "initbench")  # the summary run started last: still the same sweep
+    parent = client.get_run(result.sweep_run_id)
+    assert parent.info.run_name == f"sweep-{result.sweep.sweep}" and parent.data.tags[PARENT_TAG] == "true"
+    assert parent.data.tags["initbench.sweep"] == result.sweep.sweep
+    assert parent.data.tags["mlflow.note.content"] == result.markdown  # its Description: the ranked table
+    logged = {a.path for a in client.list_artifacts(result.sweep_run_id, "analysis")}
+    assert logged == {f"analysis/{p.name}" for p in result.files} | {"analysis/summary.json"}
+    assert parent.data.tags["initbench.analysis.group_by"] == "model,dataset,init"
+    again = load_sweep(uri_of(store), "initbench")  # the parent run is not a job
     assert again.sweep == result.sweep.sweep and len(again.runs) == 7
 
 
@@ -199,7 +203,7 @@ def test_no_runs_lists_what_exists_and_exits_2(store, tmp_path):
     assert done.returncode == 2
     sweep = raw_runs(uri_of(store)).sweep.iloc[0]
     assert "no runs of sweep 'nosuchsweep'" in done.stderr and f"sweep {sweep}" in done.stderr
-    assert "experiment 'initbench': 7 runs" in done.stderr  # summary runs are not listed
+    assert "experiment 'initbench': 7 runs" in done.stderr  # the sweep's parent run is not a job
     assert main(["--tracking-uri", uri_of(tmp_path)]) == 2
     assert not (tmp_path / "mlflow.db").exists()  # a missing store is reported, not created
 
@@ -329,7 +333,7 @@ def test_a_read_only_store_gets_the_table_and_a_one_line_warning(agreeing, tmp_p
     assert (tmp_path / "summary.md").exists()
 
 
-def test_refused_artifacts_close_the_summary_run_as_failed(agreeing, tmp_path, monkeypatch, capfd):
+def test_refused_artifacts_end_a_parent_run_made_for_the_analysis_failed(agreeing, tmp_path, monkeypatch, capfd):
     def refuse(self, run_id, path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
@@ -337,6 +341,6 @@ def test_refused_artifacts_close_the_summary_run_as_failed(agreeing, tmp_path, m
     assert main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path)]) == 0
     assert_table_then_one_warning(capfd.readouterr(), "PermissionError: [Errno 13] Permission denied")
     client = MlflowClient(uri_of(agreeing))
-    [summary] = client.search_runs([client.get_experiment_by_name("initbench").experiment_id],
-                                   f"tags.`{SUMMARY_TAG}` = 'true'")
-    assert summary.info.status == "FAILED"  # not left RUNNING
+    [parent] = client.search_runs([client.get_experiment_by_name("initbench").experiment_id],
+                                  f"tags.`{PARENT_TAG}` = 'true'")
+    assert parent.info.status == "FAILED"  # not left RUNNING

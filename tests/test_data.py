@@ -29,6 +29,18 @@ def test_digits_resized_and_subset():
     assert d.train_x.shape == (100, 1, 32, 32) and d.test_x.shape[1:] == (1, 32, 32)
 
 
+def test_digest_names_the_exact_tensors():
+    """Equal digests mean the same data: what the MLflow dataset inputs of a comparison rely on."""
+    a, b = (load_dataset({"name": "digits"}, "unused") for _ in range(2))
+    assert a.digest("train") == b.digest("train") and a.digest("test") == b.digest("test")
+    assert a.digest("train") != a.digest("test")
+    assert load_dataset({"name": "digits", "train_size": 100}, "unused").digest("train") != a.digest("train")
+    assert load_dataset({"name": "digits", "split_seed": 1}, "unused").digest("test") != a.digest("test")
+    c = load_dataset({"name": "digits"}, "unused")
+    c.train_y[0] = (c.train_y[0] + 1) % 10  # one label differs
+    assert c.digest("train") != a.digest("train")
+
+
 def test_unknown_dataset_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; valid: digits, mnist, fashion_mnist, cifar10"):
         load_dataset({"name": "imagenet"}, "/x")

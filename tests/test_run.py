@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from initbench.run import run
 
 from .conftest import compose_config
-from .support import ROOT, cli, runs_in
+from .support import ROOT, cli, parent_runs_in, runs_in
 
 
 def runs_of(folder: Path, experiment: str = "initbench"):
@@ -38,7 +38,7 @@ def test_run_logs_params_tags_metrics_and_artifacts(store):
     assert metrics["test/acc"] == pytest.approx(result.final["test/acc"])
     history = client.get_metric_history(logged.info.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2]  # 256 examples in batches of 128
-    assert "grad_norm/conv1.weight" in metrics and "act_std/fc3" in metrics
+    assert "vitals/grad_norm/conv1.weight" in metrics and "vitals/act_std/fc3" in metrics
     artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
     assert {"config.yaml", "init_report.csv"} <= artifacts
 
@@ -49,6 +49,7 @@ def test_main_command_trains_and_prints_the_ui_command(tmp_path):
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in done.stdout
     [logged], _ = runs_of(tmp_path)
     assert logged.info.run_name == "lenet-kaiming-digits-s0"
+    assert "mlflow.parentRunId" not in logged.data.tags  # a single run stays a top-level run
 
 
 def test_multirun_makes_one_run_per_job_sharing_a_sweep_tag(tmp_path):
@@ -59,7 +60,20 @@ def test_multirun_makes_one_run_per_job_sharing_a_sweep_tag(tmp_path):
     names = sorted(r.info.run_name for r in runs)
     assert names == ["mlp-default-digits-s0", "mlp-default-digits-s1", "mlp-kaiming-digits-s0",
                      "mlp-kaiming-digits-s1"]
-    assert len({r.data.tags["initbench.sweep"] for r in runs}) == 1
+    [sweep] = {r.data.tags["initbench.sweep"] for r in runs}
+    # the sweep is one parent run, ended, whose children are the jobs: one expandable row in the UI
+    [parent] = parent_runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}", "initbench")
+    assert parent.info.run_name == f"sweep-{sweep}" and parent.info.status == "FINISHED"
+    assert parent.data.params["sweep.overrides"].startswith("init=default,kaiming seed=0,1 model=mlp")
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    # every job saw the same data: one digest per split, as MLflow dataset inputs
+    inputs = [(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+              for r in runs for i in r.inputs.dataset_inputs]
+    assert len(inputs) == 8 and len(set(inputs)) == 2
+    assert {context for _, _, context in inputs} == {"train", "test"}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("initbench")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
 
 
 def test_diverged_run_is_a_result_and_exits_zero(tmp_path):

@@ -41,10 +41,10 @@ def test_metrics_and_their_steps():
         assert [s for s, _ in metrics[key]] == [1, 2]
     names = [n for n, _ in model.named_parameters()]
     for name in names:  # first epoch only, every step
-        assert [s for s, _ in metrics[f"grad_norm/{name}"]] == [1, 2, 3, 4]
-    assert all(v > 0 for _, v in metrics["grad_norm/head.weight"])
-    probe = [k for k in metrics if k.startswith(("act_std/", "backprop_std/"))]
-    assert "act_std/layers.0.0" in probe and "backprop_std/head" in probe
+        assert [s for s, _ in metrics[f"vitals/grad_norm/{name}"]] == [1, 2, 3, 4]
+    assert all(v > 0 for _, v in metrics["vitals/grad_norm/head.weight"])
+    probe = [k for k in metrics if k.startswith(("vitals/act_std/", "vitals/backprop_std/"))]
+    assert "vitals/act_std/layers.0.0" in probe and "vitals/backprop_std/head" in probe
     assert all(steps == [0] for k in probe for steps in [[s for s, _ in metrics[k]]])
     # train/acc is the fraction of correct predictions over the epoch's batches
     assert 0 <= metrics["train/acc"][0][1] <= 1 and result.final["test/acc"] == metrics["test/acc"][-1][1]
@@ -64,7 +64,7 @@ def test_grad_norms_are_the_first_epochs():
     fit(model, data, cfg.trainer, cfg.optimizer, cfg.seed, log=points.extend)
     metrics = by_key(points)
     for name, norm in at_init.items():
-        steps, values = zip(*metrics[f"grad_norm/{name}"], strict=True)
+        steps, values = zip(*metrics[f"vitals/grad_norm/{name}"], strict=True)
         assert steps == (1, 2, 3, 4)
         assert values[0] == pytest.approx(norm, rel=1e-5)
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from .load import HISTORY_KEYS, SUMMARY_TAG, NoRuns, SweepRuns, load_sweep, parameter_order
+from .load import HISTORY_KEYS, NoRuns, SweepRuns, load_sweep, parameter_order
 from .plots import plot_curves, plot_grad_norms
-from .report import log_summary_run, markdown_table, root_cause, write_outputs
+from .report import log_to_sweep_run, markdown_table, root_cause, write_outputs
 from .stats import UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
 
-__all__ = ["Analysis", "NoRuns", "SUMMARY_TAG", "SweepRuns", "UnknownGroupKey", "analyze", "load_sweep", "per_run",
+__all__ = ["Analysis", "NoRuns", "SweepRuns", "UnknownGroupKey", "analyze", "load_sweep", "per_run",
            "summarize"]
 
 DEFAULT_GROUP_BY = ("model", "dataset", "init")
@@ -29,8 +29,8 @@ DEFAULT_LOSS_THRESHOLD = 0.5
 @dataclass
 class Analysis:
     """What analyze() computed and wrote: `runs` one row per run, `summary` one row per group (ranked),
-    `grad_norms` per group and parameter, the markdown table, the files and the summary run's id, or
-    `log_error`: why the summary run could not be logged."""
+    `grad_norms` per group and parameter, the markdown table, the files and the sweep's parent run id, or
+    `log_error`: why the analysis could not be logged to it."""
 
     sweep: SweepRuns
     runs: pd.DataFrame
@@ -38,7 +38,7 @@ class Analysis:
     grad_norms: pd.DataFrame
     markdown: str
     files: list[Path] = field(default_factory=list)
-    summary_run_id: str | None = None
+    sweep_run_id: str | None = None
     log_error: str | None = None
 
 
@@ -49,7 +49,7 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     """Analyze one sweep (the latest when `sweep` is None; every run with "all").
 
     Writes the tables and plots to `out` (default results/<sweep id>) and, with `log_to_mlflow`, the
-    same files to a summary run of the sweep; if the store refuses it (read-only, unreachable), the
+    same files to the sweep's parent run; if the store refuses it (read-only, unreachable), the
     result says why in `log_error`. Raises NoRuns when there is nothing to analyze, and
     UnknownGroupKey (a ValueError) for a group-by key the runs do not have."""
     data = load_sweep(uri, experiment, sweep)
@@ -71,11 +71,11 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
               plot_grad_norms(grad_table, keys, out / "grad_norms.png")]
     result = Analysis(data, runs, summary, grad_table, markdown, files)
     if log_to_mlflow:
-        params = {"sweep": data.sweep, "group_by": ",".join(keys), "baseline": str(baseline),
-                  "loss_threshold": str(loss_threshold), "runs": str(len(runs))}
+        options = {"group_by": ",".join(keys), "baseline": str(baseline), "loss_threshold": str(loss_threshold),
+                   "runs": str(len(runs))}
         try:
-            result.summary_run_id = log_summary_run(data.uri, data.experiment, data.sweep, files, params,
-                                                    markdown)
+            result.sweep_run_id = log_to_sweep_run(data.uri, data.experiment, data.sweep, files, summary,
+                                                   options, markdown)
         except (MlflowException, OSError) as err:  # the store's errors, artifact writes, connections
             result.log_error = root_cause(err)
     return result

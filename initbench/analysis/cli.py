@@ -22,7 +22,7 @@ def parser() -> argparse.ArgumentParser:
     uri, experiment = tracking_defaults()
     p = argparse.ArgumentParser(
         prog="analyze.py", description="Compare the init schemes of a sweep over seeds: a ranked markdown "
-        "table (printed), CSVs and PNG plots (written to --out) and a summary run in MLflow.")
+        "table (printed), CSVs and PNG plots (written to --out) logged to the sweep's parent run in MLflow.")
     p.add_argument("--tracking-uri", default=uri, help=f"MLflow store of the runs (default: {uri}, "
                    "relative to the working directory, as the runs use it)")
     p.add_argument("--experiment", default=experiment, help=f"MLflow experiment (default: {experiment})")
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the tables and plots (default: results/<sweep>)")
     p.add_argument("--loss-threshold", type=float, default=DEFAULT_LOSS_THRESHOLD,
                    help="training loss for the steps-to-threshold column (default: %(default)s)")
-    p.add_argument("--no-log", action="store_true", help="do not log a summary run to MLflow")
+    p.add_argument("--no-log", action="store_true", help="do not log the analysis to the sweep's parent run in MLflow")
     return p
 
 
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     out = result.files[0].parent
     print(f"wrote {', '.join(p.name for p in result.files)} to {out}")
     uri = result.sweep.uri
-    if result.summary_run_id:
-        print(f"logged them to the summary run {result.summary_run_id} (summary-{result.sweep.sweep}) "
+    if result.sweep_run_id:
+        print(f"logged them to the sweep's parent run {result.sweep_run_id} (sweep-{result.sweep.sweep}) "
               f"in experiment {result.sweep.experiment!r}")
     print(f"open the runs with: mlflow ui --backend-store-uri {uri}")
     if result.log_error:  # the analysis succeeded: a warning, exit status 0

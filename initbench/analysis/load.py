@@ -16,12 +16,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ..store import clean_uri, open_client, resolve_uri, sqlite_path
+from ..tracking import PARENT_TAG
 
 STATUS_TAG, SWEEP_TAG = "initbench.status", "initbench.sweep"
 HASH_TAG = "tags.initbench.config_hash"  # the column of the tag that names a run's exact config
-SUMMARY_TAG = "initbench.summary"  # marks the summary runs this module's caller logs: never analyzed
+SUMMARY_TAG = "initbench.summary"  # the summary runs of analyses before parent runs: never analyzed
+NOT_JOBS = (SUMMARY_TAG, PARENT_TAG)  # runs that hold a sweep or its analysis, not a job
 HISTORY_KEYS = ("train/loss", "train/acc", "test/loss", "test/acc")
-GRAD_PREFIX = "grad_norm/"
+# First-epoch gradient norms: vitals/grad_norm/<param>, or grad_norm/<param> in runs logged before 2026-11.
+GRAD_PREFIXES = ("vitals/grad_norm/", "grad_norm/")
 # An MLflow run status -> ours, for runs that lack the initbench.status tag.
 FROM_MLFLOW = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
 
@@ -53,7 +56,8 @@ def open_store(uri: str) -> MlflowClient:
 
 
 def search_frame(client: MlflowClient, experiment_ids: list[str]) -> pd.DataFrame:
-    """All active runs of the experiments but summary runs, in mlflow.search_runs' pandas layout.
+    """All active runs of the experiments but those tagged NOT_JOBS (a sweep's parent, old summary
+    runs), in mlflow.search_runs' pandas layout.
 
     mlflow.search_runs itself reads the process-global tracking URI (it has no URI argument), and
     setting that also exports MLFLOW_TRACKING_URI to every subprocess: so page with the client."""
@@ -61,7 +65,7 @@ def search_frame(client: MlflowClient, experiment_ids: list[str]) -> pd.DataFram
     while True:
         page = client.search_runs(experiment_ids, max_results=1000, page_token=token)
         for run in page:
-            if run.data.tags.get(SUMMARY_TAG) == "true":
+            if any(run.data.tags.get(tag) == "true" for tag in NOT_JOBS):
                 continue
             row = {"run_id": run.info.run_id, "run_name": run.info.run_name,
                    "experiment_id": run.info.experiment_id, "mlflow_status": run.info.status,
@@ -122,12 +126,12 @@ def latest_per_config(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fetch_histories(client: MlflowClient, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
-    """Every history (HISTORY_KEYS and grad_norm/*) of every run: one row per point.
+    """Every history (HISTORY_KEYS and the gradient norms, GRAD_PREFIXES) of every run: one row per point.
 
     The public client fetches one (run, metric) history per call; against a tracking server these
     calls are latency-bound and go out 8 at a time, against a local store serially (faster there)."""
     wanted = [c for c in runs.columns
-              if c.startswith("metrics.") and (c[8:] in HISTORY_KEYS or c[8:].startswith(GRAD_PREFIX))]
+              if c.startswith("metrics.") and (c[8:] in HISTORY_KEYS or c[8:].startswith(GRAD_PREFIXES))]
     pairs = [(run_id, col[8:]) for col in wanted
              for run_id in runs.loc[runs[col].notna(), "run_id"]]
 

@@ -1,18 +1,17 @@
-"""The summary as a GitHub-flavoured markdown table, the files of results/, and the summary MLflow run."""
+"""The summary as a GitHub-flavoured markdown table, the files of results/, and the sweep's parent run."""
 
 import logging
 import math
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+from mlflow.entities import RunTag
 
 from ..tracking import Tracker
-from .load import SUMMARY_TAG, SWEEP_TAG
 from .stats import CI_LEVEL, RESAMPLES
 
-MAX_NOTE = 5000  # characters of the table kept as the summary run's description (a tag value)
+MAX_NOTE = 5000  # characters of the table kept as the parent run's description (a tag value)
 
 
 def _pct(mean: float, std: float) -> str:
@@ -125,21 +124,31 @@ def mlflow_store_quiet():
 
 
 @mlflow_store_quiet()
-def log_summary_run(uri: str, experiment: str, sweep: str, files: list[Path], params: dict[str, str],
-                    markdown: str) -> str:
-    """A run `summary-<sweep>` in the sweep's experiment holding the files as artifacts and the table as
-    its description; tagged initbench.summary=true so that analysis never counts it as a job. An error
-    of the store is raised, not logged: the caller says in one line what it was (see root_cause)."""
+def log_to_sweep_run(uri: str, experiment: str, sweep: str, files: list[Path], summary: pd.DataFrame,
+                     options: dict[str, str], markdown: str) -> str:
+    """Log the analysis to the sweep's parent run (made now, and ended, for runs that have none:
+    single runs, `--sweep all`, sweeps before parent runs): the files as artifacts under analysis/,
+    `summary` also as an MLflow table (analysis/summary.json), the ranked table as the run's
+    description, the options as tags initbench.analysis.*. Analysis never counts a parent run as a
+    job. An error of the store is raised, not logged: the caller says in one line what it was (see
+    root_cause); a parent made here is then ended FAILED, never left RUNNING."""
     tracker = Tracker(uri, experiment)
-    tags = {SUMMARY_TAG: "true", SWEEP_TAG: sweep, "mlflow.note.content": markdown[:MAX_NOTE]}
-    run_id = tracker.start(f"summary-{sweep}", params, tags)
+    found = tracker.find_sweep_run(sweep)
+    run_id = found.info.run_id if found else tracker.sweep_run(sweep)
+    tags = {"mlflow.note.content": markdown[:MAX_NOTE],
+            **{f"initbench.analysis.{k}": v for k, v in options.items()}}
     try:
+        tracker.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         for path in files:
-            tracker.log_artifact(path)
-    except Exception as err:  # an artifact store that refuses writes: close the run, do not leave it running
-        tracker.end("failed", error="".join(traceback.format_exception(err)))
+            tracker.client.log_artifact(run_id, str(path), "analysis")
+        table = summary.replace([math.inf, -math.inf], math.nan).astype(object)
+        tracker.client.log_table(run_id, table.where(table.notna(), None), "analysis/summary.json")
+    except Exception:
+        if found is None:
+            tracker.client.set_terminated(run_id, "FAILED")
         raise
-    tracker.end("finished")
+    if found is None:
+        tracker.client.set_terminated(run_id, "FINISHED")
     return run_id
 
 

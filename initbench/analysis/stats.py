@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .load import GRAD_PREFIX, HISTORY_KEYS, SweepRuns
+from .load import GRAD_PREFIXES, HISTORY_KEYS, SweepRuns
 
 COUNTED_ONLY = ("diverged", "failed", "killed")  # statuses that are counted, never averaged in
 MEASURES = ("final_test_acc", "best_test_acc", "final_train_loss")
@@ -121,9 +121,9 @@ def first_epoch_grad_norms(sweep: SweepRuns, report_of: ReportOf = lambda run_id
     Runs with the same parameter names share one architecture; `report_of(run_id)` gives one run's init
     report (columns param, shape, in model order): 2 or more dims make a layer weight. Without a report
     that names them all: natural name order, and a layer weight is a name ending in weight*."""
-    grads = sweep.curves[sweep.curves.key.str.startswith(GRAD_PREFIX)]
+    grads = sweep.curves[sweep.curves.key.str.startswith(GRAD_PREFIXES)]
     table = grads.groupby(["run_id", "key"], as_index=False).value.mean()
-    table.insert(1, "param", table.key.str[len(GRAD_PREFIX):])
+    table.insert(1, "param", table.key.str.replace(f"^(?:{'|'.join(GRAD_PREFIXES)})", "", regex=True))
     table = table.drop(columns="key").rename(columns={"value": "grad_norm"})
     table["position"], table["is_layer"] = pd.Series(dtype="Int64"), pd.Series(dtype="boolean")
     architectures = table.groupby("run_id").param.agg(frozenset)

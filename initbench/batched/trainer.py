@@ -17,7 +17,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..train import FitResult, LogFn, autocast_dtype, in_float32_math, probe_points
+from ..train import GRAD_NORM, FitResult, LogFn, autocast_dtype, in_float32_math, probe_points
 from .functional import param_names, stack_models, unstack_into
 from .optim import StackedOptimizer, optimizer_spec
 
@@ -177,7 +177,7 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
             kept = step_losses[j] if bad is None else step_losses[j][:bad]
             pts = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
             if first_epoch:
-                pts += [(f"grad_norm/{name}", v, i + 1) for i, row in enumerate(norms_of[j][:len(kept)])
+                pts += [(f"{GRAD_NORM}{name}", v, i + 1) for i, row in enumerate(norms_of[j][:len(kept)])
                         for name, v in zip(names, row, strict=True)]
             results[j].steps = step0 + len(kept)
             if bad is not None:
