@@ -71,6 +71,7 @@ class DatasetConf:
     name: str = MISSING
     split_seed: int = MISSING
     train_size: int | None = MISSING
+    val_size: Any = MISSING  # a fraction in (0, 1) or a count >= 1 of the training set; 0 or null: none
 
 
 @dataclass
@@ -212,6 +213,8 @@ def _rules() -> dict[str, Rule]:
         "dataset.train_size": _int_in(1, nullable=True),
         "dataset.split_seed": _int_in(0, SEED_MAX),
         "dataset.test_fraction": _real(lambda v: 0 < v < 1, "in (0, 1)"),
+        "dataset.val_size": (lambda v: v is None or v == 0 or (isinstance(v, float) and 0 < v < 1)
+                             or (_is_int(v) and v >= 1), "a fraction in (0, 1), a count >= 1, 0 or null"),
     }
 
 

@@ -16,21 +16,35 @@ from torch.nn import functional as F
 
 from .models import DataShape
 
+SPLITS = ("train", "val", "test")
+
 
 @dataclass
 class Dataset:
-    """Train and test images (N, C, H, W) float32, normalized with the training set's per-channel
-    mean and std, and integer labels, all on one device."""
+    """Train, validation and test images (N, C, H, W) float32, normalized with the training set's
+    per-channel mean and std, and integer labels, all on one device. The validation set is held out
+    of the training set (it may be empty: no validation); models are selected on it, never on test."""
 
     name: str
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    val_x: torch.Tensor | None = None  # None: no validation set (empty tensors)
+    val_y: torch.Tensor | None = None
     _digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.val_x is None:
+            self.val_x = self.train_x[:0]
+            self.val_y = self.train_y[:0]
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_y) > 0
+
     def digest(self, split: str) -> str:
-        """sha256 (16 hex digits) of the `split` ("train" or "test") tensors exactly as trained or tested
+        """sha256 (16 hex digits) of the `split` ("train", "val" or "test") tensors exactly as trained or tested
         on (normalized images, then labels): equal digests, equal data. Computed once per split."""
         if split not in self._digests:
             hasher = hashlib.sha256()
@@ -118,10 +132,23 @@ def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int):
     return x[keep], y[keep]
 
 
+def _val_indices(labels: np.ndarray, val_size: float | int | None, seed: int) -> np.ndarray:
+    """Indices of a stratified validation set of `val_size` examples (a count >= 1, or a fraction in
+    (0, 1) of the training set), drawn with `seed`; none for 0 or None."""
+    if not val_size:
+        return np.arange(0)
+    from sklearn.model_selection import train_test_split
+
+    _, val = train_test_split(np.arange(len(labels)), test_size=val_size, stratify=labels, random_state=seed)
+    return np.sort(val)
+
+
 def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.device | str = "cpu",
                  image_size: int | None = None) -> Dataset:
-    """Load the dataset `cfg.name`, resize to image_size x image_size if given, normalize per
-    channel with the training set's statistics, and put it on `device`."""
+    """Load the dataset `cfg.name`; hold out cfg.val_size of its training set as a stratified
+    validation set (fixed by cfg.split_seed; none if absent), then keep cfg.train_size of the rest if
+    given; resize to image_size x image_size if given, normalize per channel with the training
+    set's statistics, and put it on `device`."""
     name = cfg.get("name")
     if name == "digits":
         train_x, test_x, train_y, test_y = _digits(cfg)
@@ -129,6 +156,9 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
         train_x, test_x, train_y, test_y = _torchvision(name, Path(data_dir).expanduser())
     else:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(VALID)}")
+    seed = cfg.get("split_seed", 0)
+    held_out = _val_indices(np.asarray(train_y), cfg.get("val_size"), seed)
+    kept = np.setdiff1d(np.arange(len(train_y)), held_out)
 
     def to_tensors(x, y):
         x = torch.as_tensor(x).to(device=device, dtype=torch.float32)
@@ -136,8 +166,10 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
             x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
         return x, torch.as_tensor(y, dtype=torch.long, device=device)
 
-    train_x, train_y = _subset(*to_tensors(train_x, train_y), cfg.get("train_size"), cfg.get("split_seed", 0))
+    val_x, val_y = to_tensors(train_x[held_out], np.asarray(train_y)[held_out])
+    train_x, train_y = _subset(*to_tensors(train_x[kept], np.asarray(train_y)[kept]), cfg.get("train_size"), seed)
     test_x, test_y = to_tensors(test_x, test_y)
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
-    return Dataset(name, (train_x - mean) / std, train_y, (test_x - mean) / std, test_y)
+    return Dataset(name, (train_x - mean) / std, train_y, (test_x - mean) / std, test_y,
+                   (val_x - mean) / std, val_y)

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import __version__
 from .config import check_config
-from .data import Dataset, load_dataset
+from .data import SPLITS, Dataset, load_dataset
 from .errors import REFUSED
 from .init import InitReport, build_policy
 from .interrupts import sigterm_as_interrupt
@@ -128,13 +128,13 @@ def already_done(cfg: DictConfig, tracker: Tracker) -> str | None:
 
 
 def dataset_inputs(cfg: DictConfig, data: Dataset) -> list[dict]:
-    """The training and test sets as the tracker logs them: name, digest of the exact tensors, split,
-    the dataset config as source, shapes and class count as profile."""
+    """The training, validation (if any) and test sets as the tracker logs them: name, digest of the
+    exact tensors, split, the dataset config as source, shapes and class count as profile."""
     source = OmegaConf.to_container(cfg.dataset, resolve=True)
     return [{"name": data.name, "digest": data.digest(split), "context": split, "source": source,
              "profile": {"num_rows": len(getattr(data, f"{split}_y")),
                          "shape": list(getattr(data, f"{split}_x").shape), "classes": data.shape.num_classes}}
-            for split in ("train", "test")]
+            for split in SPLITS if len(getattr(data, f"{split}_y"))]
 
 
 def start_run(cfg: DictConfig, job: Prepared, tracker: Tracker) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from mlflow.entities import Dataset as MlflowDataset
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -275,12 +276,34 @@ class Tracker:
                                tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]) for d in datasets]
         self.client.log_inputs(self.run_id, datasets=inputs)
 
+    def log_table(self, run_id: str, frame, path: str) -> None:
+        """`frame` as the MLflow table `path` of run `run_id`, replacing the one logged there before
+        (MLflow's log_table appends to an existing table: a second analysis would double its rows)."""
+        if any(a.path == path for a in self.client.list_artifacts(run_id, str(Path(path).parent))):
+            get_artifact_repository(self.client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
+        self.client.log_table(run_id, frame, path)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()], MAX_TAGS):
             self.client.log_batch(self.run_id, tags=chunk)
 
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
+
+    def _terminate(self, mlflow_status: str) -> None:
+        """MlflowClient.set_terminated (status, end time) without its first step, which shuts down the
+        store's asynchronous queue: that queue serves every run of this process on this store (the runs
+        of a batched sweep), and its thread notices a shut-down only when its 1 s poll times out, so
+        each run end would cost up to a second. This run's own writes are all done by now (end)."""
+        from mlflow.entities import RunStatus
+        from mlflow.utils.time import get_current_time_millis
+
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        if store is None:  # an MLflow whose client is laid out differently: its own way, queue shut-down included
+            self.client.set_terminated(self.run_id, mlflow_status)
+            return
+        store.update_run_info(self.run_id, RunStatus.from_string(mlflow_status), end_time=get_current_time_millis(),
+                              run_name=None)
 
     def end(self, status: str, error: str | None = None) -> None:
         """Wait until every metric point handed to log_points is in the store (or its write failed),
@@ -302,7 +325,7 @@ class Tracker:
         if error:
             tags["initbench.error"] = error if len(error) <= MAX_ERROR_CHARS else "..." + error[-MAX_ERROR_CHARS:]
         self.set_tags(tags)
-        self.client.set_terminated(self.run_id, MLFLOW_STATUS[status])
+        self._terminate(MLFLOW_STATUS[status])
         run_id, self.run_id = self.run_id, None
         if raising:
             raise WriteFailed(f"run {run_id} ended failed: {lost}")

@@ -2,7 +2,8 @@
 
 fit() knows nothing of MLflow: it hands metric points (key, value, step) to a `log` callback once per
 epoch. Steps: `train/loss` and `vitals/grad_norm/<param>` use the global step k = 1, 2, ... (the k-th
-batch); `train/acc`, `test/loss`, `test/acc` use the epoch (1-based); the init probe's
+batch); `train/acc`, `val/loss`, `val/acc` (where the data has a validation set), `test/loss`,
+`test/acc` use the epoch (1-based); the init probe's
 `vitals/act_std/<layer>` and `vitals/backprop_std/<layer>` use step 0. The diagnostics share the
 `vitals/` prefix, which MLflow's chart view makes one section, sorted after `test/` and `train/`.
 """
@@ -23,12 +24,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .data import Dataset
-from .init import signal_probe
+from .diagnostics import GRAD_NORM, MetricPoint, epoch_points, init_points
 
 logger = logging.getLogger(__name__)
-MetricPoint = tuple[str, float, int]  # (key, value, step)
-VITALS = "vitals/"  # the diagnostics' section: the init probe, first-epoch gradient norms
-GRAD_NORM = VITALS + "grad_norm/"
 LogFn = Callable[[list[MetricPoint]], None]
 
 
@@ -94,13 +92,6 @@ def resolve_device(name: str, job_index: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def probe_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[MetricPoint]:
-    """The init probe's per-layer activation and backpropagated-gradient std, as step-0 points."""
-    table = signal_probe(model, x, y)
-    return [(f"{VITALS}{kind}/{row.layer}", float(getattr(row, kind)), 0)
-            for row in table.itertuples() for kind in ("act_std", "backprop_std")]
-
-
 def forward(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
     """model(x), under autocast to `amp` if given; the logits in float32 (or the model's dtype)."""
     if amp is None:
@@ -164,6 +155,22 @@ def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable
     return step
 
 
+def evaluated_splits(data: Dataset) -> tuple[str, ...]:
+    """The held-out splits evaluated after each epoch: val (where the data has one), then test."""
+    return ("val", "test") if data.has_val else ("test",)
+
+
+def epoch_results(epoch: int, train_loss: float, train_acc: float, held_out: dict[str, tuple[float, float]]):
+    """(final, accuracy points, loss points) of an epoch: `final` maps train/loss, train/acc and
+    <split>/loss, <split>/acc for each held-out split to its value; the points are at step `epoch`."""
+    final = {"train/loss": train_loss, "train/acc": train_acc}
+    for split, (loss, acc) in held_out.items():
+        final.update({f"{split}/loss": loss, f"{split}/acc": acc})
+    accuracies = [("train/acc", train_acc, epoch)] + [(f"{s}/acc", acc, epoch) for s, (_, acc) in held_out.items()]
+    losses = [(f"{s}/loss", loss, epoch) for s, (loss, _) in held_out.items()]
+    return final, accuracies, losses
+
+
 def _first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
@@ -197,7 +204,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     amp = autocast_dtype(trainer)
     step = loss_and_logits(model, trainer, device)
 
-    log(probe_points(model, data.train_x[:batch], data.train_y[:batch]))
+    log(init_points(model, data.train_x[:batch], data.train_y[:batch]))  # the signal, dead units, the Jacobian
     progress = tqdm(total=total_steps, disable={"auto": None, True: False, False: True}[trainer.progress],
                     desc="train", unit="step", leave=False)
     result = FitResult("finished")
@@ -224,6 +231,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
             progress.update()
+        log(epoch_points(model, data.train_x[:batch], epoch))  # diagnostics at the epoch's end
 
         # the one CPU-GPU synchronization of the epoch
         step_losses = losses.tolist()
@@ -241,17 +249,16 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
             result.status = "diverged"
             break
         train_loss, train_acc = loss_sum.item() / n, correct.item() / n
-        test_loss, test_acc = evaluate(model, data.test_x, data.test_y, trainer.eval_batch_size, amp)
-        result.final = {"train/loss": train_loss, "train/acc": train_acc,
-                        "test/loss": test_loss, "test/acc": test_acc}
-        points += [("train/acc", train_acc, epoch), ("test/acc", test_acc, epoch)]
-        if not math.isfinite(test_loss):  # the last steps blew the weights up
-            log(points)
+        held_out = {split: evaluate(model, getattr(data, f"{split}_x"), getattr(data, f"{split}_y"),
+                                    trainer.eval_batch_size, amp) for split in evaluated_splits(data)}
+        result.final, accuracies, losses_out = epoch_results(epoch, train_loss, train_acc, held_out)
+        if not all(math.isfinite(loss) for loss, _ in held_out.values()):  # the last steps blew the weights up
+            log(points + accuracies)
             result.status = "diverged"
             break
-        log(points + [("test/loss", test_loss, epoch)])
-        progress.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", test_acc=f"{test_acc:.3f}")
-        logger.info("epoch %d/%d: train loss %.4f acc %.4f, test loss %.4f acc %.4f",
-                        epoch, trainer.epochs, train_loss, train_acc, test_loss, test_acc)
+        log(points + accuracies + losses_out)
+        progress.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", test_acc=f"{held_out['test'][1]:.3f}")
+        logger.info("epoch %d/%d: %s", epoch, trainer.epochs,
+                    ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
     progress.close()
     return result

@@ -128,9 +128,12 @@ def test_means_equal_pandas_on_the_raw_runs_without_the_diverged_one(store, resu
     raw = raw_runs(uri_of(store))
     finished = raw[raw.status == "finished"].groupby("init")
     table = result.summary.set_index("init").sort_index()
-    # one epoch: final = best test accuracy; final train loss = the mean of all its batch losses
-    for column, raw_column in [("final_test_acc", "test_acc"), ("best_test_acc", "test_acc"),
-                               ("final_train_loss", "train_loss")]:
+    # one epoch: final test accuracy = test accuracy at best val (where the runs have a validation split);
+    # final train loss = the mean of all its batch losses
+    pairs = [("final_test_acc", "test_acc"), ("final_train_loss", "train_loss")]
+    if result.runs.has_val.any():
+        pairs.append(("test_acc_at_best_val", "test_acc"))
+    for column, raw_column in pairs:
         for stat in ("mean", "std"):
             expected = finished[raw_column].agg(stat)
             pd.testing.assert_series_equal(table[f"{column}_{stat}"], expected, check_names=False)
@@ -138,15 +141,17 @@ def test_means_equal_pandas_on_the_raw_runs_without_the_diverged_one(store, resu
     assert not math.isclose(kaiming.test_acc.mean(), table.loc["kaiming", "final_test_acc_mean"])  # it counts
     low, high = table.loc["kaiming", ["final_test_acc_ci_low", "final_test_acc_ci_high"]]
     assert low <= table.loc["kaiming", "final_test_acc_mean"] <= high
-    a, b = (finished.get_group(i).test_acc for i in ("kaiming", "default"))
+    a, b = (finished.get_group(i).test_acc for i in ("kaiming", "default"))  # = test acc at best val here
     assert table.loc["kaiming", "p_welch"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert table.loc["kaiming", "p_holm"] == table.loc["kaiming", "p_welch"]  # one comparison: unchanged
     assert math.isnan(table.loc["default", "p_welch"])
 
 
 @pytest.mark.slow
 def test_markdown_is_ranked_and_says_diverged_runs_are_not_averaged(result):
     rows = [line for line in result.markdown.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
-    ranked = result.summary.sort_values("final_test_acc_mean", ascending=False).init.tolist()
+    by = "best_val_acc_mean" if result.runs.has_val.any() else "final_test_acc_mean"  # never a test maximum
+    ranked = result.summary.sort_values(by, ascending=False).init.tolist()
     assert [row.split("|")[2].strip() for row in rows] == ranked
     kaiming = next(row for row in rows if "| kaiming |" in row)
     assert "| 4 | 1 | 0 |" in kaiming  # n, diverged, failed
@@ -158,14 +163,15 @@ def test_markdown_is_ranked_and_says_diverged_runs_are_not_averaged(result):
 def test_files_and_non_empty_pngs(store, result):
     out = store / "results"
     names = {"summary.md", "summary.csv", "runs.csv", "curves.csv", "grad_norms.csv", "train_loss.png",
-             "test_acc.png", "grad_norms.png"}
+             "test_acc.png", "grad_norms.png"} | ({"val_acc.png"} if result.runs.has_val.any() else set())
     assert {p.name for p in result.files} == names and all(p.parent == out for p in result.files)
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert (out / "summary.md").read_text() == result.markdown
     curves = pd.read_csv(out / "curves.csv")
     assert curves.run_id.nunique() == 7
-    assert set(curves.key) == {"train/loss", "train/acc", "test/acc", "test/loss"}
+    val = {"val/loss", "val/acc"} if result.runs.has_val.any() else set()
+    assert set(curves.key) == {"train/loss", "train/acc", "test/acc", "test/loss"} | val
     grads = pd.read_csv(out / "grad_norms.csv")
     layers = grads[grads.is_layer & (grads.init == "default")].sort_values("position").param.tolist()
     assert layers == ["layers.0.0.weight", "layers.1.0.weight", "layers.2.0.weight", "head.weight"]  # model order
@@ -242,9 +248,9 @@ def test_killed_run_is_included_with_what_it_has_and_flagged(store):
 
 
 def test_statistics_helpers():
-    assert all(math.isnan(v) for v in bootstrap_ci([0.5]))
-    low, high = bootstrap_ci([0.1, 0.2, 0.3, 0.9])
-    assert 0.1 <= low < np.mean([0.1, 0.2, 0.3, 0.9]) < high <= 0.9
+    assert all(math.isnan(v) for v in bootstrap_ci([0.5])[:2])
+    low, high, method = bootstrap_ci([0.1, 0.2, 0.3, 0.9])
+    assert 0.1 <= low < np.mean([0.1, 0.2, 0.3, 0.9]) < high <= 0.9 and method == "BCa"
     losses = pd.DataFrame({"step": [1, 2, 3], "value": [2.0, 0.3, 0.1]})
     assert steps_to_reach(losses, 0.5) == 2 and steps_to_reach(losses, 0.01) == math.inf
     assert cast(pd.Series(["0", "2"])).tolist() == [0, 2]
@@ -257,7 +263,7 @@ def test_bootstrap_ci_is_the_95_percent_interval_of_the_mean():
     bootstrap's noise (about 1.5% of it here); a 90% interval would be 16% narrower (± 1.645·s/√n)."""
     x = np.random.default_rng(1).normal(10.0, 2.0, 1000)
     half = stats.norm.ppf(0.975) * x.std() / math.sqrt(len(x))
-    low, high = bootstrap_ci(x)
+    low, high, _ = bootstrap_ci(x)
     assert (low + high) / 2 == pytest.approx(x.mean(), abs=0.05 * half)
     assert (high - low) / 2 == pytest.approx(half, rel=0.05)
 

@@ -25,7 +25,8 @@ TRAIN = ["dataset.train_size=240", "trainer.batch_size=32", "trainer.epochs=2"] 
 
 
 def float64(data: Dataset) -> Dataset:
-    return Dataset(data.name, data.train_x.double(), data.train_y, data.test_x.double(), data.test_y)
+    return Dataset(data.name, data.train_x.double(), data.train_y, data.test_x.double(), data.test_y,
+                   data.val_x.double(), data.val_y)
 
 
 def both_ways(jobs: list[list[str]], common: list[str], lrs=None):

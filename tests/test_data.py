@@ -29,6 +29,23 @@ def test_digits_resized_and_subset():
     assert d.train_x.shape == (100, 1, 32, 32) and d.test_x.shape[1:] == (1, 32, 32)
 
 
+def test_validation_set_is_held_out_stratified_and_fixed_by_split_seed():
+    full = load_dataset({"name": "digits"}, "unused")
+    data = load_dataset({"name": "digits", "val_size": 0.1}, "unused")
+    assert len(data.val_y) == 144 and len(data.train_y) == len(full.train_y) - 144  # 10% of 1,437
+    assert torch.equal(data.test_y, full.test_y)  # the same test images (normalized with the new train stats)
+    counts = torch.bincount(data.val_y, minlength=10)
+    assert counts.min() >= 13 and counts.max() <= 16  # stratified: ~14.4 of each class
+    raw = load_dataset({"name": "digits", "val_size": 0.1, "split_seed": 0}, "unused")
+    assert raw.digest("val") == data.digest("val")  # fixed by split_seed
+    other = load_dataset({"name": "digits", "val_size": 0.1, "split_seed": 1}, "unused")
+    assert other.digest("val") != data.digest("val")
+    assert len(load_dataset({"name": "digits", "val_size": 50}, "unused").val_y) == 50  # a count
+    quick = load_dataset({"name": "digits", "val_size": 0.1, "train_size": 100}, "unused")
+    assert len(quick.train_y) == 100 and torch.equal(quick.val_y, data.val_y)  # the subset is of the rest
+    assert data.has_val and not full.has_val
+
+
 def test_digest_names_the_exact_tensors():
     """Equal digests mean the same data: what the MLflow dataset inputs of a comparison rely on."""
     a, b = (load_dataset({"name": "digits"}, "unused") for _ in range(2))

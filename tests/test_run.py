@@ -69,8 +69,8 @@ def test_multirun_makes_one_run_per_job_sharing_a_sweep_tag(tmp_path):
     # every job saw the same data: one digest per split, as MLflow dataset inputs
     inputs = [(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
               for r in runs for i in r.inputs.dataset_inputs]
-    assert len(inputs) == 8 and len(set(inputs)) == 2
-    assert {context for _, _, context in inputs} == {"train", "test"}
+    assert len(inputs) == 12 and len(set(inputs)) == 3
+    assert {context for _, _, context in inputs} == {"train", "val", "test"}
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("initbench")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
@@ -116,7 +116,7 @@ def test_probe_command_prints_the_signal_table_and_logs_nothing(tmp_path):
                            "trainer.device=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.strip().startswith(("layers.", "head "))]
-    signal = {r[0]: (float(r[1]), float(r[2])) for r in rows if len(r) == 3}
+    signal = {r[0]: (float(r[1]), float(r[2])) for r in rows if len(r) in (3, 4)}  # layer, act, backprop[, dead]
     assert len(signal) == 31
     # xavier under ReLU at depth 30: the activations fade layer by layer (He et al. 2015)
     assert signal["layers.29.0"][0] < signal["layers.0.0"][0] / 100

@@ -1,6 +1,11 @@
 """Tracker: MLflow takes at most 1,000 metrics and 100 params per request, so one call's points and
-params go out in chunks; every one of them, the last partial chunk's too, must reach the store."""
+params go out in chunks; every one of them, the last partial chunk's too, must reach the store. And a
+table logged twice is the second one."""
 
+import json
+from pathlib import Path
+
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from initbench.tracking import Tracker
@@ -21,3 +26,16 @@ def test_every_point_and_param_of_a_large_call_is_stored(tmp_path, monkeypatch):
     stored = [(m.key, m.value, m.step) for key in ("metric0", "metric1", "metric2")
               for m in client.get_metric_history(run_id, key)]
     assert sorted(stored) == sorted(points)
+
+
+def test_a_table_logged_again_replaces_the_first(tmp_path, monkeypatch):
+    """A second analysis of a sweep logs its summary table again: MLflow's own log_table would append
+    the rows to the first table's."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    run_id = tracker.sweep_run("s")
+    for rows in ([1, 2], [3, 4, 5]):
+        tracker.log_table(run_id, pd.DataFrame({"acc": rows}), "analysis/summary.json")
+    path = tracker.client.download_artifacts(run_id, "analysis/summary.json", str(tmp_path))
+    assert json.loads(Path(path).read_text()) == {"columns": ["acc"], "data": [[3], [4], [5]]}

@@ -37,7 +37,7 @@ def test_metrics_and_their_steps():
     metrics = by_key(points)
     assert result.status == "finished" and result.steps == 8
     assert [s for s, _ in metrics["train/loss"]] == list(range(1, 9))  # 256/64 = 4 steps per epoch
-    for key in ("train/acc", "test/loss", "test/acc"):
+    for key in ("train/acc", "val/loss", "val/acc", "test/loss", "test/acc"):  # val: held out of train
         assert [s for s, _ in metrics[key]] == [1, 2]
     names = [n for n, _ in model.named_parameters()]
     for name in names:  # first epoch only, every step
@@ -45,9 +45,10 @@ def test_metrics_and_their_steps():
     assert all(v > 0 for _, v in metrics["vitals/grad_norm/head.weight"])
     probe = [k for k in metrics if k.startswith(("vitals/act_std/", "vitals/backprop_std/"))]
     assert "vitals/act_std/layers.0.0" in probe and "vitals/backprop_std/head" in probe
-    assert all(steps == [0] for k in probe for steps in [[s for s, _ in metrics[k]]])
+    assert all([s for s, _ in metrics[k]] == ([0, 1, 2] if k.startswith("vitals/act_std/") else [0]) for k in probe)
     # train/acc is the fraction of correct predictions over the epoch's batches
     assert 0 <= metrics["train/acc"][0][1] <= 1 and result.final["test/acc"] == metrics["test/acc"][-1][1]
+    assert result.final["val/acc"] == metrics["val/acc"][-1][1]
 
 
 def test_grad_norms_are_the_first_epochs():

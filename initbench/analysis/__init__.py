@@ -4,23 +4,26 @@
     result = analyze("sqlite:///mlflow.db", out="results/my_sweep")   # the latest sweep
     print(result.markdown)
 
-load (MLflow -> pandas) -> stats (per run, then per group over seeds) -> report (markdown, files,
-summary MLflow run) and plots (PNG).
+load (MLflow -> pandas) -> stats (per run, then per group over seeds; selection on validation, BCa
+CIs, comparisons with Holm's correction) -> grid (--tune, --heatmap) -> report (markdown, files, the
+sweep's parent run in MLflow) and plots (PNG).
 """
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from .grid import HEATMAP_MEASURES, PERCENT, NoValidation, heatmap, tune
 from .load import HISTORY_KEYS, NoRuns, SweepRuns, load_sweep, parameter_order
-from .plots import plot_curves, plot_grad_norms
-from .report import log_to_sweep_run, markdown_table, root_cause, write_outputs
-from .stats import UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
+from .plots import plot_curves, plot_grad_norms, plot_heatmap
+from .report import heatmap_markdown, log_to_sweep_run, markdown_table, root_cause, tune_markdown, write_outputs
+from .stats import VAL, UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
 
-__all__ = ["Analysis", "NoRuns", "SweepRuns", "UnknownGroupKey", "analyze", "load_sweep", "per_run",
-           "summarize"]
+__all__ = ["Analysis", "HEATMAP_MEASURES", "NoRuns", "NoValidation", "SweepRuns", "UnknownGroupKey", "analyze",
+           "load_sweep", "per_run", "summarize"]
 
 DEFAULT_GROUP_BY = ("model", "dataset", "init")
 DEFAULT_LOSS_THRESHOLD = 0.5
@@ -29,8 +32,10 @@ DEFAULT_LOSS_THRESHOLD = 0.5
 @dataclass
 class Analysis:
     """What analyze() computed and wrote: `runs` one row per run, `summary` one row per group (ranked),
-    `grad_norms` per group and parameter, the markdown table, the files and the sweep's parent run id, or
-    `log_error`: why the analysis could not be logged to it."""
+    `grad_norms` per group and parameter, the markdown (the table, then the --tune and --heatmap
+    sections), the files and the sweep's parent run id, or `log_error`: why the analysis could not be
+    logged to it. With tune: `tune` (one row per group) and `tune_grid` (per group and value); with
+    heatmap: `heatmap` (one row per cell) and the `measure` it shows."""
 
     sweep: SweepRuns
     runs: pd.DataFrame
@@ -40,39 +45,87 @@ class Analysis:
     files: list[Path] = field(default_factory=list)
     sweep_run_id: str | None = None
     log_error: str | None = None
+    tune: pd.DataFrame | None = None
+    tune_grid: pd.DataFrame | None = None
+    heatmap: pd.DataFrame | None = None
+    measure: str | None = None
+
+
+def _file_part(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", key)
 
 
 def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
             group_by: tuple[str, ...] | list[str] = DEFAULT_GROUP_BY, baseline: str | None = "default",
             out: str | Path | None = None, loss_threshold: float = DEFAULT_LOSS_THRESHOLD,
-            log_to_mlflow: bool = True) -> Analysis:
+            log_to_mlflow: bool = True, tune_key: str | None = None,
+            heatmap_keys: tuple[str, str] | list[str] | None = None, measure: str | None = None) -> Analysis:
     """Analyze one sweep (the latest when `sweep` is None; every run with "all").
+
+    `tune_key` (a param such as optimizer.lr): per group of the other group keys, the value with the
+    best mean validation accuracy (grid.tune); the main table then has one row per value too.
+    `heatmap_keys` (two params): `measure` (default: test accuracy at best validation, or final test
+    accuracy for runs without validation) per cell of the two, one panel per value of the other group
+    keys (grid.heatmap).
 
     Writes the tables and plots to `out` (default results/<sweep id>) and, with `log_to_mlflow`, the
     same files to the sweep's parent run; if the store refuses it (read-only, unreachable), the
-    result says why in `log_error`. Raises NoRuns when there is nothing to analyze, and
-    UnknownGroupKey (a ValueError) for a group-by key the runs do not have."""
+    result says why in `log_error`. Raises NoRuns when there is nothing to analyze, UnknownGroupKey (a
+    ValueError) for a key the runs do not have, NoValidation (a ValueError) for a selection on
+    validation accuracy of runs without a validation split; nothing is written then."""
     data = load_sweep(uri, experiment, sweep)
-    keys = list(group_by)
-    runs = per_run(data, keys, loss_threshold)
+    keys = list(dict.fromkeys([*group_by, *([tune_key] if tune_key else [])]))
+    axes = tuple(heatmap_keys) if heatmap_keys else ()
+    runs = per_run(data, list(dict.fromkeys([*keys, *axes])), loss_threshold)
     grads = first_epoch_grad_norms(data, lambda run_id: parameter_order(data.uri, run_id))
     summary = summarize(runs, grads, keys, baseline)
     grad_table = group_grad_norms(runs, grads, keys)
     title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in "
              f"{len(summary)} groups")
     superseded = [f"{r.run_name} ({r.status})" for r in data.superseded.itertuples()]
-    markdown = markdown_table(summary, keys, baseline, loss_threshold, title, superseded)
+    sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded)]
+    extra, heatmaps = {}, []
+    result = Analysis(data, runs, summary, grad_table, "")
+    if tune_key:
+        groups = [k for k in keys if k != tune_key]
+        result.tune, result.tune_grid, left_out = tune(runs, groups, tune_key, baseline)
+        sections.append(tune_markdown(result.tune, groups, tune_key, baseline, left_out))
+        extra.update({"tune.csv": result.tune, "tune_grid.csv": result.tune_grid})
+        varying = [k for k in groups if result.tune_grid[k].astype(str).nunique() > 1] or groups[-1:]
+        label = (result.tune_grid[varying].astype(str).agg(" ".join, axis=1) if varying
+                 else pd.Series("all", index=result.tune_grid.index))
+        heatmaps.append((result.tune_grid.assign(group=label), [], " ".join(varying) or "group", tune_key,
+                         f"{VAL}_mean", f"{VAL}_n", "tune.png",
+                         f"mean best validation accuracy % per {tune_key}; n runs per cell; ★ the chosen value",
+                         True, "chosen"))
+    if axes:
+        result.heatmap, result.measure, panels = heatmap(runs, keys, axes, measure)
+        name = f"heatmap_{_file_part(axes[0])}_{_file_part(axes[1])}"
+        sections.append(heatmap_markdown(result.heatmap, panels, axes, result.measure, f"{name}.csv, {name}.png"))
+        extra[f"{name}.csv"] = result.heatmap
+        heatmaps.append((result.heatmap, panels, axes[0], axes[1], "value", "n", f"{name}.png",
+                         f"{HEATMAP_MEASURES[result.measure]} per {axes[0]} and {axes[1]}, over seeds; "
+                         "n runs per cell", result.measure in PERCENT, None))
+    result.markdown = markdown = "\n".join(sections)
 
     out = Path(out) if out is not None else Path("results") / data.sweep
     curves = data.curves[data.curves.key.isin(HISTORY_KEYS)]
-    files = write_outputs(out, runs, summary, curves, grad_table, markdown, keys)
+    files = write_outputs(out, runs, summary, curves, grad_table, markdown, keys, extra)
     files += [plot_curves(runs, curves, keys, "train/loss", out / "train_loss.png"),
-              plot_curves(runs, curves, keys, "test/acc", out / "test_acc.png", per_epoch=True),
-              plot_grad_norms(grad_table, keys, out / "grad_norms.png")]
-    result = Analysis(data, runs, summary, grad_table, markdown, files)
+              plot_curves(runs, curves, keys, "test/acc", out / "test_acc.png", per_epoch=True)]
+    if (curves.key == "val/acc").any():
+        files.append(plot_curves(runs, curves, keys, "val/acc", out / "val_acc.png", per_epoch=True))
+    files.append(plot_grad_norms(grad_table, keys, out / "grad_norms.png"))
+    for grid, panels, rows, columns, value, n, name, caption, percent, marked in heatmaps:
+        files.append(plot_heatmap(grid, panels, rows, columns, value, n, out / name, caption, percent, marked))
+    result.files = files
     if log_to_mlflow:
         options = {"group_by": ",".join(keys), "baseline": str(baseline), "loss_threshold": str(loss_threshold),
                    "runs": str(len(runs))}
+        if tune_key:
+            options["tune"] = tune_key
+        if axes:
+            options.update(heatmap=",".join(axes), measure=result.measure)
         try:
             result.sweep_run_id = log_to_sweep_run(data.uri, data.experiment, data.sweep, files, summary,
                                                    options, markdown)

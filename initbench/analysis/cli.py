@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..store import TrackingUnavailable
-from . import DEFAULT_GROUP_BY, DEFAULT_LOSS_THRESHOLD, NoRuns, UnknownGroupKey, analyze
+from . import DEFAULT_GROUP_BY, DEFAULT_LOSS_THRESHOLD, HEATMAP_MEASURES, NoRuns, NoValidation, UnknownGroupKey, analyze
 
 # The runs' own defaults (conf/tracking/default.yaml), so that a bare command finds what a bare run logged.
 TRACKING_CONF = Path(__file__).resolve().parents[2] / "conf" / "tracking" / "default.yaml"
@@ -37,6 +37,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-threshold", type=float, default=DEFAULT_LOSS_THRESHOLD,
                    help="training loss for the steps-to-threshold column (default: %(default)s)")
     p.add_argument("--no-log", action="store_true", help="do not log the analysis to the sweep's parent run in MLflow")
+    p.add_argument("--tune", metavar="KEY", default=None,
+                   help="a param to tune per group (typically optimizer.lr): per group of the other --group-by "
+                   "keys, the value with the best mean validation accuracy over seeds, its test accuracy at best "
+                   "validation and the runner-up; writes tune.csv, tune_grid.csv and tune.png. Needs runs with "
+                   "a validation split (val/acc)")
+    p.add_argument("--heatmap", metavar="KEY1,KEY2", default=None,
+                   help="two params (model.depth,init.sigma_w): --measure per cell over seeds, with n, one panel "
+                   "per value of the other --group-by keys; writes heatmap_KEY1_KEY2.png and .csv")
+    p.add_argument("--measure", choices=list(HEATMAP_MEASURES), default=None,
+                   help="what --heatmap shows (default: test_acc_at_best_val, or final_test_acc for runs "
+                   "without a validation split)")
     return p
 
 
@@ -46,12 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     keys = [k.strip() for k in args.group_by.split(",") if k.strip()]
     if not keys:
         cli.error("--group-by needs at least one key")
+    axes = None
+    if args.heatmap is not None:
+        axes = [k.strip() for k in args.heatmap.split(",") if k.strip()]
+        if len(axes) != 2 or axes[0] == axes[1]:
+            cli.error(f"--heatmap needs two different keys, KEY1,KEY2 (got {args.heatmap!r})")
+    elif args.measure is not None:
+        cli.error("--measure goes with --heatmap")
+    tune = args.tune.strip() if args.tune else None
     try:
         result = analyze(args.tracking_uri, args.experiment, args.sweep, keys,
                          None if args.baseline.lower() == "none" else args.baseline, args.out,
-                         args.loss_threshold, log_to_mlflow=not args.no_log)
+                         args.loss_threshold, log_to_mlflow=not args.no_log, tune_key=tune,
+                         heatmap_keys=axes, measure=args.measure)
     except NoRuns as err:
         print(f"nothing to analyze: {err}", file=sys.stderr)
+        return 2
+    except NoValidation as err:  # --tune or a validation measure on runs without a validation split
+        print(f"cannot select on validation: {err}", file=sys.stderr)
         return 2
     except TrackingUnavailable as err:  # a store that cannot be read: its own one-line reason
         print(f"TrackingUnavailable: {err}", file=sys.stderr)

@@ -22,7 +22,10 @@ STATUS_TAG, SWEEP_TAG = "initbench.status", "initbench.sweep"
 HASH_TAG = "tags.initbench.config_hash"  # the column of the tag that names a run's exact config
 SUMMARY_TAG = "initbench.summary"  # the summary runs of analyses before parent runs: never analyzed
 NOT_JOBS = (SUMMARY_TAG, PARENT_TAG)  # runs that hold a sweep or its analysis, not a job
-HISTORY_KEYS = ("train/loss", "train/acc", "test/loss", "test/acc")
+# Per-epoch histories (per step for train/loss). val/* exist only in runs with a validation split
+# (dataset.val_size > 0; runs logged before initbench had one have none).
+VAL_KEYS = ("val/loss", "val/acc")
+HISTORY_KEYS = ("train/loss", "train/acc", *VAL_KEYS, "test/loss", "test/acc")
 # First-epoch gradient norms: vitals/grad_norm/<param>, or grad_norm/<param> in runs logged before 2026-11.
 GRAD_PREFIXES = ("vitals/grad_norm/", "grad_norm/")
 # An MLflow run status -> ours, for runs that lack the initbench.status tag.

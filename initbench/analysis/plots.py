@@ -1,4 +1,5 @@
-"""PNG plots of a sweep, one line per init (or per group), a band or bars over seeds (min to max).
+"""PNG plots of a sweep, one line per init (or per group), a band or bars over seeds (min to max), and
+the heatmaps of --tune and --heatmap (a mean per cell of two config keys, with its n).
 
 One panel per combination of the other group keys (model, dataset, ...). matplotlib with the Agg
 backend: no display needed, nothing shown.
@@ -11,8 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .grid import ordered  # noqa: E402
 from .stats import COUNTED_ONLY  # noqa: E402
 
 
@@ -116,3 +120,64 @@ def plot_grad_norms(grad_table: pd.DataFrame, group_keys: list[str], path: Path,
     fig.suptitle("gradient norm per layer weight, mean over the first epoch's steps and the seeds",
                  fontsize=10)
     return _save(fig, path)
+
+
+def plot_heatmap(grid: pd.DataFrame, panels: list[str], rows: str, columns: str, value: str, n: str,
+                 path: Path, title: str, percent: bool = True, marked: str | None = None) -> Path:
+    """One heatmap per combination of `panels` (one for all without), 3 to a row: `rows` x `columns`
+    cells colored by `value`, each with its value and `n`; a cell with no value is grey and says its
+    `state` (diverged, failed: every run of it) and how many runs it had; the cells where `marked` is
+    true get a red frame and a star (the --tune choice). One color scale for all panels."""
+    row_values, column_values = ordered(grid[rows]), ordered(grid[columns])
+    position = {(str(r), str(c)): (i, j) for i, r in enumerate(row_values) for j, c in enumerate(column_values)}
+    groups = list(grid.groupby(panels, sort=False, dropna=False)) if panels else [((), grid)]
+    varying = [k for k in panels if grid[k].astype(str).nunique() > 1]  # panel titles; the others: the title's
+    same = ", ".join(f"{k}={grid[k].iloc[0]}" for k in panels if k not in varying)
+    title += f" ({same})" if same else ""
+    numbers = pd.to_numeric(grid[value], errors="coerce").astype(float)
+    finite = numbers[np.isfinite(numbers)]
+    low, high = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    high = high if high > low else low + 1e-9
+    per_row, n_rows = min(len(groups), 3), math.ceil(len(groups) / 3)
+    size = (per_row * (1.1 * len(column_values) + 2.5), n_rows * (0.55 * len(row_values) + 1.8))
+    fig, axes = plt.subplots(n_rows, per_row, squeeze=False, figsize=size)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    for ax, (key, panel) in zip(axes.flat, groups, strict=False):
+        key = key if isinstance(key, tuple) else (key,)
+        matrix = np.full((len(row_values), len(column_values)), np.nan)
+        for cell in panel.to_dict("records"):
+            i, j = position[(str(cell[rows]), str(cell[columns]))]
+            v = float(cell[value]) if cell[n] and not pd.isna(cell[value]) else math.nan
+            if math.isnan(v):
+                text = f"{cell['state'] if cell['state'] != 'ok' else '—'}\n({cell['n_runs']} runs)"
+            else:
+                shown = "never" if math.isinf(v) else f"{100 * v:.2f}" if percent else f"{v:.4g}"
+                text = f"{shown}\nn={cell[n]}" + (f", {cell['n_diverged']} div." if cell.get("n_diverged") else "")
+                matrix[i, j] = v if math.isfinite(v) else math.nan
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=_ink(cmap, matrix[i, j], low, high))
+            if marked and cell.get(marked):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3))
+                ax.text(j + 0.45, i - 0.42, "★", ha="right", va="top", fontsize=11, color="red")
+        image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=low, vmax=high, aspect="auto")
+        ax.set_xticks(range(len(column_values)), [str(c) for c in column_values], rotation=30, ha="right")
+        ax.set_yticks(range(len(row_values)), [str(r) for r in row_values])
+        ax.set_xlabel(columns)
+        ax.set_ylabel(rows)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(panels, key, strict=True) if k in varying), fontsize=9)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    bar = fig.colorbar(image, ax=list(axes.flat), shrink=0.8)
+    if percent:
+        bar.ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{100 * v:.4g}"))
+    fig.suptitle(title, fontsize=10, y=1.0 + 0.1 / n_rows / (0.55 * len(row_values) + 1.8))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _ink(cmap, v: float, low: float, high: float) -> str:
+    """Black or white, whichever reads on the cell's color (black on the grey of a cell without a value)."""
+    if math.isnan(v):
+        return "black"
+    r, g, b, _ = cmap((v - low) / (high - low))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"

@@ -9,9 +9,12 @@ import pandas as pd
 from mlflow.entities import RunTag
 
 from ..tracking import Tracker
-from .stats import CI_LEVEL, RESAMPLES
+from .grid import HEATMAP_MEASURES, PERCENT, ordered
+from .stats import CI_LEVEL, CI_SEED, FINAL, RESAMPLES, SELECTED, VAL
 
 MAX_NOTE = 5000  # characters of the table kept as the parent run's description (a tag value)
+NO_VAL = ("no validation split (no val/* metrics: runs logged before initbench had one, or with "
+          "dataset.val_size=0)")
 
 
 def _pct(mean: float, std: float) -> str:
@@ -20,14 +23,21 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f}" + ("" if pd.isna(std) else f" ± {100 * std:.2f}")
 
 
+def _n(n: int, of: int) -> str:
+    """` (n=3)` where a number is over fewer runs than the group's averaged ones (some lack the metric)."""
+    return f" (n={int(n)})" if 0 < n < of else ""
+
+
 def _loss(mean: float, std: float) -> str:
     if pd.isna(mean):
         return "—"
     return f"{mean:.4g}" + ("" if pd.isna(std) else f" ± {std:.2g}")
 
 
-def _ci(low: float, high: float) -> str:
-    return "—" if pd.isna(low) else f"[{100 * low:.2f}, {100 * high:.2f}]"
+def _ci(low: float, high: float, method: str = "BCa") -> str:
+    if pd.isna(low):
+        return "—"
+    return f"[{100 * low:.2f}, {100 * high:.2f}]" + (" ‡" if method in ("percentile", "equal") else "")
 
 
 def _steps(median: float, reached: int, used: int) -> str:
@@ -40,71 +50,214 @@ def _number(value: float, spec: str) -> str:
     return "—" if pd.isna(value) else format(value, spec)
 
 
+def _varying(table: pd.DataFrame, keys: list[str]) -> tuple[list[str], dict]:
+    """The keys whose value differs between rows (the table's columns; the last key if none does) and
+    the others with their one value (the caption's)."""
+    varying = [k for k in keys if table[k].astype(str).nunique() > 1] or keys[-1:]
+    return varying, {k: table[k].iloc[0] for k in keys if k not in varying}
+
+
+def _caption(title: str, same: dict) -> str:
+    return title + (" (" + ", ".join(f"{k}={v}" for k, v in same.items()) + ")" if same else "")
+
+
+COMPARED = {SELECTED: "test accuracy at best val", FINAL: "final test accuracy"}
+CI_NOTE = (f"{CI_LEVEL:.0%} CI: BCa bootstrap of the mean (scipy.stats.bootstrap, {RESAMPLES:,} resamples, "
+           f"seed {CI_SEED}, so the same runs give the same CI)")
+
+
+def _comparison_header(baseline: str | None) -> list[str]:
+    return [f"Δ acc vs {baseline} (pp)", "P(X>Y)", "g", "p (Holm)"]
+
+
+def _comparison_cells(row) -> list[str]:
+    return [_number(100 * row.delta_vs_baseline, "+.2f"), _number(row.p_superior, ".2f"),
+            _number(row.hedges_g, "+.2f"), _number(row.p_holm, ".3g")]
+
+
+def _comparison_note(table: pd.DataFrame, baseline: str | None, where: str) -> str:
+    m = int(table.p_welch.notna().sum())
+    return (f"Δ, P(X>Y), g and p: {COMPARED[table.compared_on.iloc[0]]} against init={baseline} {where}, each "
+            "over the n_x × n_y pairs of seeds of the two groups (their n). P(X>Y): the probability that "
+            "the group's run beats the baseline's on a random pair of seeds, ties counting ½ (Mann-Whitney "
+            "U / (n_x·n_y), as rliable reports; 0.5: no difference). g: Hedges' g, the difference of means "
+            "over the pooled std, small-sample corrected (— where both groups have no spread). p: Welch's "
+            f"t-test, two-sided, **Holm-corrected over {m} comparison{'s' if m != 1 else ''}** of this "
+            "table (the raw p is p_welch in the CSV).")
+
+
+def _ci_fallback_note(table: pd.DataFrame, column: str) -> list[str]:
+    if not table[column].isin(["percentile", "equal"]).any():
+        return []
+    return ["‡ BCa is undefined for these values: where all are equal the CI is that value; otherwise it "
+            "is the percentile bootstrap's."]
+
+
 def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str | None,
                    loss_threshold: float, title: str, superseded: list[str] = (), init_key: str = "init") -> str:
     """The ranked table with a caption (keys that are the same for every group) and footnotes;
     `superseded` names runs left out because their config was run again."""
-    varying = [k for k in group_keys if summary[k].astype(str).nunique() > 1] or group_keys[-1:]
-    same = {k: summary[k].iloc[0] for k in group_keys if k not in varying}
-    has_p = summary.p_welch.notna().any()
+    varying, same = _varying(summary, group_keys)
+    measure = summary.compared_on.iloc[0]
+    lacking = summary.ranked_by.eq(FINAL)  # groups whose averaged runs have no validation split
+    has_p = summary.delta_vs_baseline.notna().any()
     counts = ["diverged", "failed"] + (["killed"] if summary.n_killed.any() else [])
-    header = ["#", *varying, "n", *counts, "final test acc %", f"{CI_LEVEL:.0%} CI",
-              "best test acc %", "final train loss", f"steps to loss ≤ {loss_threshold:g}",
-              "grad norm first/last"]
-    if has_p:
-        header += [f"Δ acc vs {baseline} (pp)", "p (Welch)"]
+    accuracy = (["best val acc %", "test acc at best val %", f"{CI_LEVEL:.0%} CI", "final test acc %"]
+                if measure == SELECTED else ["final test acc %", f"{CI_LEVEL:.0%} CI"])
+    header = ["#", *varying, "n", *counts, *accuracy, "final train loss", f"steps to loss ≤ {loss_threshold:g}",
+              "grad norm first/last"] + (_comparison_header(baseline) if has_p else [])
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("--:" if h in ("#", "n", *counts) else "---" for h in header) + "|"]
     for rank, (_, row) in enumerate(summary.iterrows(), start=1):
         mark = " †" if row.n_incomplete else ""
+
+        def pct(name: str, row=row) -> str:
+            return _pct(row[f"{name}_mean"], row[f"{name}_std"]) + _n(row[f"{name}_n"], row.n_used)
+
+        ci = _ci(row[f"{measure}_ci_low"], row[f"{measure}_ci_high"], row[f"{measure}_ci_method"])
+        accuracy = [pct(VAL), pct(SELECTED) + mark, ci, pct(FINAL)] if measure == SELECTED else [pct(FINAL) + mark, ci]
         cells = [str(rank), *(str(row[k]) for k in varying), str(row.n_runs),
-                 *(str(row[f"n_{c}"]) for c in counts),
-                 _pct(row.final_test_acc_mean, row.final_test_acc_std) + mark,
-                 _ci(row.final_test_acc_ci_low, row.final_test_acc_ci_high),
-                 _pct(row.best_test_acc_mean, row.best_test_acc_std),
+                 *(str(row[f"n_{c}"]) for c in counts), *accuracy,
                  _loss(row.final_train_loss_mean, row.final_train_loss_std),
                  _steps(row.steps_to_loss_median, row.n_reached_loss, row.n_used),
-                 _number(row.grad_norm_ratio, ".3g")]
-        if has_p:
-            cells += [_number(100 * row.delta_vs_baseline, "+.2f"), _number(row.p_welch, ".3g")]
+                 _number(row.grad_norm_ratio, ".3g")] + (_comparison_cells(row) if has_p else [])
         lines.append("| " + " | ".join(cells) + " |")
-    caption = title + (" (" + ", ".join(f"{k}={v}" for k, v in same.items()) + ")" if same else "")
+    if not lacking.any():
+        ranking = ("**Ranked by mean best validation accuracy**: each run is read at the epoch of its best "
+                   "validation accuracy (the first such epoch), and the test set selects nothing. test acc "
+                   "at best val: the test accuracy at that epoch; final test acc: at the last epoch.")
+    elif not summary.ranked_by.eq(VAL).any():
+        ranking = (f"**Ranked by mean final test accuracy: these runs have {NO_VAL}**, so no epoch is "
+                   "selected (nothing is selected on the test set either). Run the sweep again with the "
+                   "current initbench for test accuracy at best validation accuracy.")
+    else:
+        names = ", ".join(" ".join(str(r[k]) for k in varying) for _, r in summary[lacking].iterrows())
+        ranking = ("**Ranked by mean best validation accuracy** (each run read at the epoch of its best "
+                   "validation accuracy; the test set selects nothing). The groups whose runs have "
+                   f"{NO_VAL} come after them, ranked by mean final test accuracy: {names}.")
     notes = [
-        f"Ranked by mean final test accuracy. n: runs (seeds) in the group. Mean ± std (ddof 1) and "
-        f"{CI_LEVEL:.0%} CI (percentile bootstrap of the mean, {RESAMPLES:,} resamples) are over the "
-        "runs that neither diverged, failed nor were killed (Ctrl-C, SIGTERM, a dead process): **those "
-        "are counted, not averaged in**.",
+        ranking,
+        "n: runs (seeds) in the group. Mean ± std (ddof 1) and CI are over the runs that neither diverged, "
+        "failed nor were killed (Ctrl-C, SIGTERM, a dead process): **those are counted, not averaged in**. "
+        "A number over fewer of the group's runs (some lack that metric) says its own (n=k).",
+        f"{CI_NOTE}, of {COMPARED[measure]}.",
         "final train loss: mean batch loss of the last epoch. steps to loss ≤ X: median first step "
         "whose batch loss ≤ X, with how many runs reached it (never: fewer than half did).",
         "grad norm first/last: first-epoch gradient norm of the first layer's weight over the last "
         "layer's (each the mean over the epoch's steps and the seeds); ≪ 1: gradients vanish toward "
         "the input, ≫ 1: they explode.",
-    ]
+    ] + _ci_fallback_note(summary, f"{measure}_ci_method")
     inits = summary[init_key].astype(str) if init_key in group_keys else pd.Series(dtype=str)
     if baseline is not None and len(inits) and baseline not in set(inits):
         notes.append(f"No test against a baseline: no group has {init_key}={baseline}; pass --baseline with "
                      f"one of {', '.join(sorted(set(inits)))}, or none.")
     if has_p:
-        notes.append(f"Δ and p: final test accuracy against init={baseline} with the same other keys "
-                     "(Welch's t-test, two-sided).")
-    flagged = summary.loc[summary.notes.astype(bool), "notes"]
+        notes.append(_comparison_note(summary, baseline, "with the same other keys"))
+    flagged = summary[summary.notes.astype(bool)]
     if len(flagged):
-        notes.append("† includes runs with missing metrics, averaged with what they logged: "
-                     + "; ".join(flagged))
+        named = "; ".join(f"{' '.join(str(r[k]) for k in varying)}: {r.notes}" for _, r in flagged.iterrows())
+        notes.append(("† includes runs with missing metrics, averaged with what they logged. "
+                      if summary.n_incomplete.any() else "") + f"Notes: {named}")
     if superseded:
         notes.append(f"Left out: {len(superseded)} earlier run(s) of a config that was run again in this "
                      "selection (a resumed or re-run job; the later run counts): " + ", ".join(superseded))
-    return "\n\n".join([caption, "\n".join(lines), *notes]) + "\n"  # notes: one paragraph each
+    return "\n\n".join([_caption(title, same), "\n".join(lines), *notes]) + "\n"  # notes: one paragraph each
+
+
+def tune_markdown(table: pd.DataFrame, groups: list[str], key: str, baseline: str | None, left_out: int,
+                  files: str = "tune.csv, tune_grid.csv, tune.png") -> str:
+    """The --tune table: per group, the chosen value of `key`, its scores, the runner-up, the comparisons."""
+    varying, same = _varying(table, groups) if groups else ([], {})
+    has_p = table.delta_vs_baseline.notna().any()
+    header = ["#", *varying, f"{key} values", f"chosen {key}", "n", "diverged", "best val acc %",
+              "test acc at best val %", f"{CI_LEVEL:.0%} CI", f"runner-up {key}", "runner-up val acc %",
+              "gap (pp)"] + (_comparison_header(baseline) if has_p else [])
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("--:" if h in ("#", "n", "diverged", f"{key} values") else "---" for h in header) + "|"]
+    for rank, (_, row) in enumerate(table.iterrows(), start=1):
+        used = row[f"{VAL}_n"]
+        cells = [str(rank), *(str(row[k]) for k in varying), str(row.n_values),
+                 "—" if pd.isna(row[key]) else str(row[key]), str(row.n_runs), str(row.n_diverged),
+                 _pct(row[f"{VAL}_mean"], row[f"{VAL}_std"]),
+                 _pct(row[f"{SELECTED}_mean"], row[f"{SELECTED}_std"]) + _n(row[f"{SELECTED}_n"], used),
+                 _ci(row[f"{SELECTED}_ci_low"], row[f"{SELECTED}_ci_high"], row[f"{SELECTED}_ci_method"]),
+                 "—" if pd.isna(row.runner_up) else str(row.runner_up),
+                 "—" if pd.isna(row.runner_up_val_mean)
+                 else f"{100 * row.runner_up_val_mean:.2f} (n={row.runner_up_n})",
+                 _number(100 * row.gap, "+.2f")] + (_comparison_cells(row) if has_p else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    title = f"**{key} tuned on validation accuracy**" + (f", per {', '.join(groups)}" if groups else "")
+    notes = [
+        f"For each group, the chosen {key} is the value whose runs have the best mean best validation "
+        "accuracy over seeds (equal means: the first value in numeric order); the test set chooses "
+        f"nothing. Ranked by that mean. {key} values: how many values had runs with a validation score.",
+        "n: runs at the chosen value; the means, std and CI are over those that neither diverged, failed "
+        "nor were killed (counted, not averaged in; diverged: at the chosen value). test acc at best val: "
+        f"each run's test accuracy at the epoch of its best validation accuracy. {CI_NOTE}.",
+        "runner-up: the second-best value and its mean best validation accuracy (its n); gap: the chosen "
+        "value's mean minus the runner-up's, in percentage points: a gap within the seeds' spread is a "
+        "flat optimum, where the choice between the two is noise.",
+    ] + _ci_fallback_note(table, f"{SELECTED}_ci_method")
+    if has_p:
+        notes.append(_comparison_note(table, baseline, f"each at its own chosen {key}"))
+    if left_out:
+        notes.append(f"Left out: {left_out} run(s) with {NO_VAL}.")
+    notes.append(f"The whole grid (mean best val acc and n per group and value, the chosen cell marked): {files}.")
+    return "\n\n".join([_caption(title, same), "\n".join(lines), *notes]) + "\n"
+
+
+def _cell(cell: dict, measure: str) -> str:
+    if cell["state"] != "ok":
+        return "—" if cell["state"] == "missing" else f"{cell['state']} ({cell['n_runs']})"
+    value = cell["value"]
+    if measure in PERCENT:
+        text = f"{100 * value:.2f}"
+    elif measure == "steps_to_loss":
+        text = "never" if math.isinf(value) else f"{value:.0f}"
+    else:
+        text = f"{value:.4g}"
+    diverged = f"; {cell['n_diverged']} diverged" if cell["n_diverged"] and measure != "diverged" else ""
+    return f"{text} (n={cell['n']}{diverged})"
+
+
+def heatmap_markdown(grid: pd.DataFrame, panels: list[str], axes: tuple[str, str], measure: str,
+                     files: str) -> str:
+    """One pivot table per panel: rows axes[0], columns axes[1], cells "mean (n=k)"."""
+    rows_key, cols_key = axes
+    label = HEATMAP_MEASURES[measure]
+    parts = []
+    groups = grid.groupby(panels, sort=False, dropna=False) if panels else [((), grid)]
+    for key, panel in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        where = ", ".join(f"{k}={v}" for k, v in zip(panels, key, strict=True))
+        columns = ordered(grid[cols_key])
+        lines = [f"| {rows_key} \\ {cols_key} | " + " | ".join(map(str, columns)) + " |",
+                 "|---|" + "|".join("---" for _ in columns) + "|"]
+        cell_of = {(str(r[rows_key]), str(r[cols_key])): r for r in panel.to_dict("records")}
+        for value in ordered(grid[rows_key]):
+            cells = [_cell(cell_of[(str(value), str(c))], measure) if (str(value), str(c)) in cell_of else ""
+                     for c in columns]
+            lines.append(f"| {value} | " + " | ".join(cells) + " |")
+        parts += [f"*{where}*" if where else "", "\n".join(lines)]
+    how = ("the median over seeds (a run that never reaches the loss counts as never)" if measure == "steps_to_loss"
+           else "the fraction of runs that diverged, of those that diverged or were averaged" if measure == "diverged"
+           else "the mean over seeds")
+    title = f"**{label} per {rows_key} (rows) and {cols_key} (columns)**: {how}, with the runs it is over (n)"
+    notes = ["Diverged, failed and killed runs are counted, not averaged in; a cell where no run could be "
+             "averaged says why (diverged (k): all k runs diverged). Files: " + files + "."]
+    return "\n\n".join([title, *[p for p in parts if p], *notes]) + "\n"
 
 
 def write_outputs(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame,
-                  grad_table: pd.DataFrame, markdown: str, group_keys: list[str]) -> list[Path]:
-    """summary.md, summary.csv, runs.csv (one row per run), curves.csv (the train/test histories, one
-    row per point, with the run's keys and status) and grad_norms.csv (per group and parameter)."""
+                  grad_table: pd.DataFrame, markdown: str, group_keys: list[str],
+                  extra: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+    """summary.md, summary.csv, runs.csv (one row per run), curves.csv (the train/val/test histories,
+    one row per point, with the run's keys and status), grad_norms.csv (per group and parameter), and
+    the `extra` CSVs by file name (tune.csv, heatmap_*.csv)."""
     out.mkdir(parents=True, exist_ok=True)
     who = runs[["run_id", *group_keys, "seed", "status"]]  # runs.csv has the rest
     files = {"summary.csv": summary, "runs.csv": runs, "curves.csv": who.merge(curves, on="run_id"),
-             "grad_norms.csv": grad_table}
+             "grad_norms.csv": grad_table, **(extra or {})}
     for name, frame in files.items():  # histories to 6 digits: the float32 they were trained in has 7
         frame.to_csv(out / name, index=False, float_format="%.6g" if name == "curves.csv" else None)
     (out / "summary.md").write_text(markdown)
@@ -142,7 +295,7 @@ def log_to_sweep_run(uri: str, experiment: str, sweep: str, files: list[Path], s
         for path in files:
             tracker.client.log_artifact(run_id, str(path), "analysis")
         table = summary.replace([math.inf, -math.inf], math.nan).astype(object)
-        tracker.client.log_table(run_id, table.where(table.notna(), None), "analysis/summary.json")
+        tracker.log_table(run_id, table.where(table.notna(), None), "analysis/summary.json")
     except Exception:
         if found is None:
             tracker.client.set_terminated(run_id, "FAILED")

@@ -3,22 +3,32 @@
 Which runs are averaged: those that neither diverged nor failed. Finished runs, and runs that never
 ended (killed half-way, or still running) with what they logged; the latter are flagged. Diverged and
 failed runs are counted in their own columns and left out of every mean, std, CI and test.
+
+Selection is on the validation split, never on test: a run's `test_acc_at_best_val` is its test
+accuracy at the epoch of its best validation accuracy, and groups are ranked by mean best validation
+accuracy. Runs without a validation split (logged before initbench had one, or dataset.val_size=0)
+have only `final_test_acc`, which selects nothing.
+
+Statistics come from scipy: BCa bootstrap CIs (stats.bootstrap), Welch's t-test, the Mann-Whitney U
+for P(X > Y); Holm's correction and Hedges' g are a few lines each here.
 """
 
 import math
 import re
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .load import GRAD_PREFIXES, HISTORY_KEYS, SweepRuns
+from .load import GRAD_PREFIXES, HISTORY_KEYS, VAL_KEYS, SweepRuns
 
 COUNTED_ONLY = ("diverged", "failed", "killed")  # statuses that are counted, never averaged in
-MEASURES = ("final_test_acc", "best_test_acc", "final_train_loss")
-CI_LEVEL, RESAMPLES = 0.95, 10_000
+SELECTED, VAL, FINAL = "test_acc_at_best_val", "best_val_acc", "final_test_acc"
+MEASURES = (SELECTED, VAL, FINAL, "final_train_loss")  # per group: mean, std, n and CI of each
+CI_LEVEL, RESAMPLES, CI_SEED = 0.95, 10_000, 0
 
 
 class UnknownGroupKey(ValueError):
@@ -80,13 +90,19 @@ def per_run(sweep: SweepRuns, group_keys: list[str], loss_threshold: float) -> p
     for run_id, epochs_planned in zip(runs.run_id, planned, strict=True):
         acc = curves.get((run_id, "test/acc"), empty)
         loss = curves.get((run_id, "train/loss"), empty)
+        has_val = any((run_id, k) in curves for k in VAL_KEYS)
+        best_epoch, best_val, at_best = selected_on_val(curves.get((run_id, "val/acc"), empty), acc)
         rows.append({
             "epochs": len(acc),
-            "final_test_acc": float(acc.value.iloc[-1]) if len(acc) else math.nan,
-            "best_test_acc": float(acc.value.max()) if len(acc) else math.nan,
+            "has_val": has_val,
+            "best_val_epoch": best_epoch,
+            VAL: best_val,
+            SELECTED: at_best,
+            FINAL: float(acc.value.iloc[-1]) if len(acc) else math.nan,
             "final_train_loss": last_epoch_mean(loss, len(acc)),
             "steps_to_loss": steps_to_reach(loss, loss_threshold),
-            "missing": [k for k in HISTORY_KEYS if (run_id, k) not in curves],
+            # val/* are expected of the runs that have a validation split only
+            "missing": [k for k in HISTORY_KEYS if (run_id, k) not in curves and (has_val or k not in VAL_KEYS)],
             "epochs_planned": epochs_planned,
         })
     out = pd.concat([out, pd.DataFrame(rows, index=out.index)], axis=1)
@@ -94,6 +110,17 @@ def per_run(sweep: SweepRuns, group_keys: list[str], loss_threshold: float) -> p
     error = runs.get("tags.initbench.error", pd.Series(None, index=runs.index))
     out["error"] = error.map(lambda e: e.strip().splitlines()[-1] if isinstance(e, str) and e.strip() else "")
     return out.drop(columns="missing").sort_values([*group_keys, "seed"], ignore_index=True)
+
+
+def selected_on_val(val: pd.DataFrame, test: pd.DataFrame) -> tuple[float, float, float]:
+    """(epoch, validation accuracy, test accuracy) at the run's best validation accuracy, the first
+    epoch that reaches it; NaN where the run has no validation accuracy (or no test accuracy then)."""
+    val = val[np.isfinite(val.value.astype(float))]
+    if val.empty:
+        return math.nan, math.nan, math.nan
+    best = val.loc[val.value.idxmax()]  # idxmax: the first of equal maxima (the history is sorted by step)
+    at = test.loc[test.step == best.step, "value"]
+    return float(best.step), float(best.value), float(at.iloc[0]) if len(at) else math.nan
 
 
 def _flag(run) -> str:
@@ -142,20 +169,45 @@ def first_epoch_grad_norms(sweep: SweepRuns, report_of: ReportOf = lambda run_id
     return table.sort_values(["run_id", "position"], ignore_index=True)
 
 
-def bootstrap_ci(values, level: float = CI_LEVEL, resamples: int = RESAMPLES, seed: int = 0):
-    """Percentile bootstrap CI of the mean; (nan, nan) under 2 values (one seed says nothing of spread)."""
+def _finite(values) -> np.ndarray:
     x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    return x[np.isfinite(x)]
+
+
+class CI(NamedTuple):
+    """A confidence interval of the mean and how it was made: "BCa"; "percentile" where BCa is
+    degenerate; "equal" where all values are equal (the CI is that value); "" under 2 values (NaN)."""
+
+    low: float
+    high: float
+    method: str
+
+
+def bootstrap_ci(values, level: float = CI_LEVEL, resamples: int = RESAMPLES, seed: int = CI_SEED) -> CI:
+    """The bias-corrected and accelerated (BCa) bootstrap CI of the mean, scipy.stats.bootstrap with a
+    fixed seed (the same values give the same CI). All values equal: BCa is undefined (its bias and
+    acceleration divide by 0) and every resample has that mean, so the CI is that value ("equal"); any
+    other case where BCa gives no finite interval falls back to the percentile bootstrap. Under 2
+    values: (nan, nan), one seed says nothing of spread. The values are sorted first: the resamples
+    depend on their order, and the CI should depend on the values alone, not on how the runs were listed."""
+    x = np.sort(_finite(values))
     if len(x) < 2:
-        return math.nan, math.nan
-    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(axis=1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+        return CI(math.nan, math.nan, "")
+    if np.ptp(x) == 0:
+        return CI(float(x[0]), float(x[0]), "equal")
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():  # scipy's DegenerateDataWarning: the fallback handles it
+            warnings.simplefilter("ignore")
+            low, high = stats.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=level,
+                                        method=method, rng=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(low) and np.isfinite(high):
+            return CI(float(low), float(high), method)
+    return CI(math.nan, math.nan, "")
 
 
 def welch_p(a, b) -> float:
     """Two-sided Welch t-test p-value; NaN under 2 values a side or with no variance at all."""
-    a, b = (np.asarray(v, dtype=float) for v in (a, b))
+    a, b = _finite(a), _finite(b)
     if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return math.nan
     with warnings.catch_warnings():
@@ -163,18 +215,117 @@ def welch_p(a, b) -> float:
         return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error) over the finite ones, in their order;
+    NaN stays NaN and does not count as a comparison. The i-th smallest of m is multiplied by
+    m - i + 1, then made non-decreasing in that order and capped at 1 (as R's p.adjust "holm")."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m:
+        order = finite[np.argsort(p[finite], kind="stable")]
+        out[order] = np.minimum(np.maximum.accumulate((m - np.arange(m)) * p[order]), 1.0)
+    return out
+
+
+def prob_superiority(x, y) -> float:
+    """P(X > Y) + 0.5 P(X = Y) for one value of each drawn at random (a random pair of seeds): the
+    Mann-Whitney U of x over its n_x * n_y pairs with y, as rliable's "probability of improvement".
+    0.5: no difference; 1: every x beats every y. NaN when a side is empty."""
+    x, y = _finite(x), _finite(y)
+    if not len(x) or not len(y):
+        return math.nan
+    with warnings.catch_warnings():  # all values tied: U is defined, its p-value (unused) is not
+        warnings.simplefilter("ignore", RuntimeWarning)
+        u = stats.mannwhitneyu(x, y, method="asymptotic").statistic
+    return float(u) / (len(x) * len(y))
+
+
+def effect_size(x, y) -> tuple[float, float]:
+    """(Cohen's d, Hedges' g) of x over y: the difference of means over the pooled std (ddof 1 each
+    side), and d times Hedges' small-sample correction 1 - 3 / (4 (n_x + n_y) - 9). NaN under 2
+    values a side or when the pooled std is 0 (no spread to measure the difference in)."""
+    x, y = _finite(x), _finite(y)
+    nx, ny = len(x), len(y)
+    if nx < 2 or ny < 2:
+        return math.nan, math.nan
+    pooled = math.sqrt(((nx - 1) * x.var(ddof=1) + (ny - 1) * y.var(ddof=1)) / (nx + ny - 2))
+    if pooled == 0:
+        return math.nan, math.nan
+    d = (x.mean() - y.mean()) / pooled
+    return float(d), float(d * (1 - 3 / (4 * (nx + ny) - 9)))
+
+
+COMPARISON = ("n_baseline", "delta_vs_baseline", "p_superior", "cohens_d", "hedges_g", "p_welch", "p_holm")
+
+
+def compare(x, y) -> dict[str, float]:
+    """x against the baseline's y: Δ of means, P(X > Y), Cohen's d and Hedges' g, Welch's p (p_holm
+    is filled in over the whole table by compare_to_baseline)."""
+    x, y = _finite(x), _finite(y)
+    d, g = effect_size(x, y)
+    delta = x.mean() - y.mean() if len(x) and len(y) else math.nan
+    return {"n_baseline": len(y), "delta_vs_baseline": delta, "p_superior": prob_superiority(x, y),
+            "cohens_d": d, "hedges_g": g, "p_welch": welch_p(x, y), "p_holm": math.nan}
+
+
+def compare_to_baseline(table: pd.DataFrame, values: list[np.ndarray], keys: list[str], baseline: str | None,
+                        init_key: str = "init") -> pd.DataFrame:
+    """`table` (one row per group, `values[i]` the per-run values of row i) with the COMPARISON columns:
+    each group against the group with init=`baseline` and the same other keys; p_holm is Welch's p
+    Holm-corrected over every comparison of the table that has one."""
+    table = table.copy()
+    for column in COMPARISON:
+        table[column] = math.nan
+    if baseline is None or init_key not in keys or table.empty:
+        return table
+    others = [k for k in keys if k != init_key]
+    is_base = table[init_key].astype(str) == str(baseline)
+    def same(i) -> tuple[str, ...]:  # as text: NaN keys (a param some runs lack) match too
+        return tuple(str(v) for v in table.loc[i, others])
+
+    bases = {same(i): i for i in table.index[is_base]}
+    for i in table.index[~is_base]:
+        base = bases.get(same(i))
+        if base is not None:
+            for column, value in compare(values[table.index.get_loc(i)], values[table.index.get_loc(base)]).items():
+                table.loc[i, column] = value
+    table["p_holm"] = holm(table.p_welch)
+    return table
+
+
+def headline(runs: pd.DataFrame) -> str:
+    """The accuracy a table reports and tests: test accuracy at best validation accuracy where the
+    averaged runs have a validation split, else (runs without one) final test accuracy."""
+    used = runs[~runs.status.isin(COUNTED_ONLY)]
+    return SELECTED if used[VAL].notna().any() else FINAL
+
+
+def describe(values) -> dict[str, float]:
+    """mean, std (ddof 1), n and the BCa CI of the finite values."""
+    x = _finite(values)
+    ci = bootstrap_ci(x)
+    return {"mean": x.mean() if len(x) else math.nan, "std": x.std(ddof=1) if len(x) > 1 else math.nan,
+            "n": len(x), "ci_low": ci.low, "ci_high": ci.high, "ci_method": ci.method}
+
+
 def summarize(runs: pd.DataFrame, grads: pd.DataFrame, group_keys: list[str], baseline: str | None,
               init_key: str = "init") -> pd.DataFrame:
-    """One row per group, ranked by mean final test accuracy (best first, groups with no usable run last).
+    """One row per group, ranked (best first) by mean best validation accuracy; groups whose runs have
+    no validation split after those that have one, by mean final test accuracy; groups with no usable
+    run last. The test set never ranks where there is a validation split (`ranked_by` says which).
 
     Columns: the group keys; n_seeds, n_runs, n_used, n_diverged, n_failed, n_killed, n_incomplete; for each of
-    MEASURES its mean, std (ddof 1), ci_low, ci_high over the used runs; final_test_acc_iqm;
-    steps_to_loss_median (inf: never) and n_reached_loss; grad_norm_first, grad_norm_last (first and
-    last layer weight, mean over steps and seeds) and grad_norm_ratio; delta_vs_baseline and p_welch
-    (final test accuracy against the `baseline` init of the same other keys); notes (flagged runs)."""
+    MEASURES its mean, std (ddof 1), n, ci_low, ci_high and ci_method over the used runs; the
+    interquartile means of test_acc_at_best_val and final_test_acc; steps_to_loss_median (inf:
+    never) and n_reached_loss; grad_norm_first, grad_norm_last (first and last layer weight, mean over
+    steps and seeds) and grad_norm_ratio; `compared_on` (the headline measure, see headline()) and the
+    COMPARISON columns against the `baseline` init of the same other keys; notes (flagged runs)."""
     used = runs[~runs.status.isin(COUNTED_ONLY)]
+    measure = headline(runs)
     layer_grads = grads[grads.is_layer.fillna(False).astype(bool) & grads.run_id.isin(used.run_id)]
-    rows = []
+    rows, values = [], []
     for key, group in runs.groupby(group_keys, sort=True, dropna=False):
         ok = group[~group.status.isin(COUNTED_ONLY)]
         row = dict(zip(group_keys, key if isinstance(key, tuple) else (key,), strict=True))
@@ -183,13 +334,11 @@ def summarize(runs: pd.DataFrame, grads: pd.DataFrame, group_keys: list[str], ba
                    n_failed=int((group.status == "failed").sum()),
                    n_killed=int((group.status == "killed").sum()),
                    n_incomplete=int(ok.flag.ne("").sum()))
-        for measure in MEASURES:
-            values = ok[measure].dropna()
-            low, high = bootstrap_ci(values)
-            row.update({f"{measure}_mean": values.mean(), f"{measure}_std": values.std(),
-                        f"{measure}_ci_low": low, f"{measure}_ci_high": high})
-        row["final_test_acc_iqm"] = stats.trim_mean(ok.final_test_acc.dropna(), 0.25) \
-            if ok.final_test_acc.notna().any() else math.nan
+        for name in MEASURES:
+            row.update({f"{name}_{stat}": v for stat, v in describe(ok[name]).items()})
+        for name in (SELECTED, FINAL):
+            x = _finite(ok[name])
+            row[f"{name}_iqm"] = stats.trim_mean(x, 0.25) if len(x) else math.nan
         steps = ok.steps_to_loss.dropna()
         row["steps_to_loss_median"] = float(np.median(steps)) if len(steps) else math.nan
         row["n_reached_loss"] = int(np.isfinite(steps).sum())
@@ -201,22 +350,21 @@ def summarize(runs: pd.DataFrame, grads: pd.DataFrame, group_keys: list[str], ba
         repeated = ", ".join(f"seed {s} x{n}" for s, n in seeds[seeds > 1].items())
         notes = [f"{r.run_name}: {r.flag}" for r in ok.itertuples() if r.flag]
         row["notes"] = "; ".join(notes + ([f"repeated {repeated}"] if repeated else []))
-        row["_acc"] = ok.final_test_acc.dropna().to_numpy()
+        row["ranked_by"] = VAL if row[f"{VAL}_n"] else FINAL if row[f"{FINAL}_n"] else ""
+        row["compared_on"] = measure
         rows.append(row)
-    table = pd.DataFrame(rows)
-    table["delta_vs_baseline"], table["p_welch"] = math.nan, math.nan
-    if baseline is not None and init_key in group_keys:
-        others = [k for k in group_keys if k != init_key]
-        is_base = table[init_key].astype(str) == str(baseline)
-        bases = {tuple(row[others]): row for _, row in table[is_base].iterrows()}
-        for i, row in table[~is_base].iterrows():
-            base = bases.get(tuple(row[others]))
-            if base is not None:
-                table.loc[i, "delta_vs_baseline"] = row.final_test_acc_mean - base.final_test_acc_mean
-                table.loc[i, "p_welch"] = welch_p(row._acc, base._acc)
-    table = table.drop(columns="_acc")
-    return table.sort_values("final_test_acc_mean", ascending=False, na_position="last", kind="stable",
-                             ignore_index=True)
+        values.append(_finite(ok[measure]))
+    table = compare_to_baseline(pd.DataFrame(rows), values, group_keys, baseline, init_key)
+    return rank(table)
+
+
+def rank(table: pd.DataFrame, val: str = f"{VAL}_mean", fallback: str = f"{FINAL}_mean") -> pd.DataFrame:
+    """Best first: the rows with a validation score by it, then the others by `fallback`, then rows
+    with neither. Never by a test-set maximum."""
+    has_val = table[val].notna()
+    score = table[val].where(has_val, table[fallback])
+    order = pd.DataFrame({"tier": np.where(has_val, 0, np.where(score.notna(), 1, 2)), "score": -score})
+    return table.loc[order.sort_values(["tier", "score"], kind="stable").index].reset_index(drop=True)
 
 
 def group_grad_norms(runs: pd.DataFrame, grads: pd.DataFrame, group_keys: list[str]) -> pd.DataFrame:

@@ -17,7 +17,15 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..train import GRAD_NORM, FitResult, LogFn, autocast_dtype, in_float32_math, probe_points
+from ..diagnostics import GRAD_NORM, epoch_points, init_points
+from ..train import (
+    FitResult,
+    LogFn,
+    autocast_dtype,
+    epoch_results,
+    evaluated_splits,
+    in_float32_math,
+)
 from .functional import param_names, stack_models, unstack_into
 from .optim import StackedOptimizer, optimizer_spec
 
@@ -144,7 +152,7 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
                          compile_mode=compile_mode)
 
     for model, log in zip(models, logs, strict=True):
-        log(probe_points(model.to(device).train(), data.train_x[:batch], data.train_y[:batch]))
+        log(init_points(model.to(device).train(), data.train_x[:batch], data.train_y[:batch]))  # as fit() does
     orders = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     results = [FitResult("finished") for _ in range(k)]
     live = list(range(k))  # the models still training; slot k of the stacked state is model k
@@ -166,6 +174,9 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
             correct += right
             if first_epoch:
                 grad_norms[i] = norms
+        for j in live:  # fit()'s diagnostics at the epoch's end, on each model's own (unstacked) state
+            unstack_into([models[j]], params, buffers, [j])
+            logs[j](epoch_points(models[j], data.train_x[:batch], epoch))
 
         # the one CPU-GPU synchronization of the epoch
         step_losses = losses.T.tolist()
@@ -187,19 +198,18 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
             points[j] = pts
         sums, rights = loss_sum.tolist(), correct.tolist()
         survivors = [j for j in live if j not in diverged]
-        if survivors:
-            test_loss, test_acc = steps.evaluate(params, buffers, data.test_x, data.test_y, trainer.eval_batch_size)
+        if survivors:  # split -> (losses, accuracies), one value per model
+            held_out = {split: steps.evaluate(params, buffers, getattr(data, f"{split}_x"), getattr(data, f"{split}_y"),
+                                              trainer.eval_batch_size) for split in evaluated_splits(data)}
         for j in survivors:
-            train_loss, train_acc = sums[j] / n, rights[j] / n
-            results[j].final = {"train/loss": train_loss, "train/acc": train_acc,
-                                "test/loss": test_loss[j], "test/acc": test_acc[j]}
-            pts = points[j] + [("train/acc", train_acc, epoch), ("test/acc", test_acc[j], epoch)]
-            if not math.isfinite(test_loss[j]):  # the last steps blew the weights up
-                logs[j](pts)
+            mine = {split: (losses_j[j], accs_j[j]) for split, (losses_j, accs_j) in held_out.items()}
+            results[j].final, accuracies, losses_out = epoch_results(epoch, sums[j] / n, rights[j] / n, mine)
+            if not all(math.isfinite(loss) for loss, _ in mine.values()):  # the last steps blew the weights up
+                logs[j](points[j] + accuracies)
                 results[j].status = "diverged"
                 diverged.append(j)
             else:
-                logs[j](pts + [("test/loss", test_loss[j], epoch)])
+                logs[j](points[j] + accuracies + losses_out)
         # A stopped model keeps its slot (its state no longer changes what the others compute): the
         # batch keeps its shape, so a compiled step is never compiled again for a smaller K.
         unstack_into([models[j] for j in diverged], params, buffers, diverged)

@@ -7,9 +7,11 @@
     print(report)
 
 Modules: schemes (the registry), functional (init functions torch lacks), matching (where-clauses),
-policy (rules -> fills), report (InitReport), lsuv (data-dependent rescaling), probe (signal_probe).
+policy (rules -> fills), report (InitReport), lsuv (data-dependent rescaling), probe (signal_probe),
+diagnostics (dead units, the input-output Jacobian's singular values, the width check).
 """
 
+from .diagnostics import activation_vitals, coordinate_check, jacobian_singular_values, jacobian_summary
 from .policy import InitError, InitPolicy, Rule, build_policy
 from .probe import signal_probe
 from .report import REPORT_COLUMNS, InitReport
@@ -23,7 +25,11 @@ __all__ = [
     "InitReport",
     "Rule",
     "Scheme",
+    "activation_vitals",
     "build_policy",
+    "coordinate_check",
+    "jacobian_singular_values",
+    "jacobian_summary",
     "register",
     "signal_probe",
 ]
