@@ -255,7 +255,8 @@ def _key_problems(node: DictConfig, prefix: str = "") -> list[str]:
             valid = None if params is None else valid + [p for p in params if p not in valid]
     for key in node:
         if valid is not None and key not in valid:
-            problems.append(f"{prefix}{key}: unknown key; valid: {', '.join(valid)}")
+            value = OmegaConf.to_container(node[key]) if OmegaConf.is_config(node[key]) else node[key]
+            problems.append(f"{prefix}{key}={_show(value)}: unknown key; valid: {', '.join(valid)}")
         elif not prefix and key not in NOT_CHECKED and OmegaConf.is_dict(node[key]):
             problems += _key_problems(node[key], f"{prefix}{key}.")
     return problems

@@ -1,5 +1,6 @@
-"""A user's mistake ends a command with its message alone and exit status 2, as Hydra's own config
-errors do: no traceback (HYDRA_FULL_ERROR=1 shows one). In a sweep it fails its job only."""
+"""A user's mistake ends a command with its message alone and exit status 2: no traceback
+(HYDRA_FULL_ERROR=1 shows one). (Hydra's own composition errors, found before initbench runs, end
+with Hydra's message and status 1.) In a sweep it fails its job only."""
 
 import os
 import sys

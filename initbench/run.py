@@ -161,8 +161,9 @@ def fail_run(cfg: DictConfig, tracker: Tracker, err: BaseException) -> None:
 
 def kill_run(cfg: DictConfig, tracker: Tracker, err: KeyboardInterrupt) -> None:
     """Close a run stopped by Ctrl-C or SIGTERM as `killed`, with the metrics it flushed."""
-    print(f"run {run_name(cfg)} ({tracker.run_id}) killed: {err or 'KeyboardInterrupt'}")
-    tracker.end("killed", error=f"KeyboardInterrupt: {err or 'Ctrl-C'}")
+    reason = str(err) or "Ctrl-C"
+    print(f"run {run_name(cfg)} ({tracker.run_id}) killed: {reason}")
+    tracker.end("killed", error=f"KeyboardInterrupt: {reason}")
 
 
 def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:

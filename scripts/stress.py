@@ -1,7 +1,7 @@
 """Reliability figures: real `python -m initbench` processes against a tracking server and SQLite stores,
 under parallel jobs, failures, bad inputs, races, signals and resumes; one table at the end.
 
-    python scripts/stress.py                                  # every case: about 10 minutes on 2 CPU cores
+    python scripts/stress.py                                  # every case: about 12 minutes on 2 CPU cores
     python scripts/stress.py --cases bad-inputs,interrupts    # a subset
     python scripts/stress.py --jobs 8 --epochs 10 --race-pairs 5
 
@@ -10,7 +10,8 @@ CPU, small configs) and checks what it left behind. Each prints its figures as i
 table says, per check, what was done, what came of it, and ok or FAIL. Cases (`--cases`, comma-separated):
 
 - parallel: N jobs at once (hydra/launcher=joblib, n_jobs=N) logging to one `mlflow server`: every run
-  finished, every metric history complete (points counted per key against what the config implies), no
+  finished, every metric history complete (train/loss per step and the per-epoch accuracies and losses
+  counted against what the config implies, every other key against the same key of the other runs), no
   run or point lost or duplicated.
 - failures: a sweep of 6 on the server (4 normal jobs, 1 whose model raises, 1 that diverges): 4 finished,
   1 failed with its error text, 1 diverged, a non-zero exit code; re-running it executes exactly the
@@ -18,7 +19,9 @@ table says, per check, what was done, what came of it, and ok or FAIL. Cases (`-
 - sigkill: a job on the server killed with SIGKILL half-way: re-running it marks the stale run KILLED and
   completes a new one; the points the dead run flushed are still in the store, in whole epochs.
 - bad-inputs: each bad override (BAD_INPUTS) refused before anything is written: exit status 2, a message
-  naming the key and the value, no Python traceback, nothing in the folder but Hydra's outputs/.
+  naming the key and the value, no Python traceback, nothing in the folder but Hydra's outputs/. (Hydra
+  1.3.8 ends its own composition errors, a wrong type or an unknown key without +, with status 1; see
+  REFUSED_STATUS.)
 - store-race: pairs of processes creating one new SQLite store at the same moment: every job finishes and
   the store is usable afterwards. `--race-mode light` (default) runs, per job, what a job does to the store
   (Tracker(...), a search for its config, start, an artifact, metrics, end) in a small Python process that
@@ -89,25 +92,28 @@ ALL_CASES = ("parallel", "failures", "sigkill", "bad-inputs", "store-race", "int
 SERVER_CASES = ("parallel", "failures", "sigkill")
 
 # Bad overrides, each one argv element (model.width=0 needs model=mlp): (argv, the key and the value its
-# message must name). initbench's own refusals and Hydra's config errors are both expected to exit 2.
+# message must name, who refuses it: Hydra's composition (a wrong type, an unknown key without +) or
+# initbench's own checks).
 BAD_INPUTS = [
-    (["trainer.epochs=0"], "trainer.epochs", "0"),
-    (["trainer.epochs=-1"], "trainer.epochs", "-1"),
-    (["trainer.batch_size=abc"], "trainer.batch_size", "abc"),
-    (["trainer.epochs=abc"], "trainer.epochs", "abc"),
-    (["optimizer.lr=abc"], "optimizer.lr", "abc"),
-    (["trainer.batch_size=0"], "trainer.batch_size", "0"),
-    (["optimizer.lr=nan"], "optimizer.lr", "nan"),
-    (["optimizer.lr=inf"], "optimizer.lr", "inf"),
-    (["model=mlp", "model.width=0"], "model.width", "0"),
-    (["tracking.uri=garbage://x"], "tracking.uri", "garbage://x"),
-    (["tracking.experiment=''"], "tracking.experiment", "''"),
-    (["+trainer.epoch=3"], "trainer.epoch", "3"),
-    (["trainer.epoch=3"], "trainer.epoch", "3"),
-    (["seed=4294967296"], "seed", "4294967296"),
-    (["seed=-1"], "seed", "-1"),
+    (["trainer.epochs=0"], "trainer.epochs", "0", "initbench"),
+    (["trainer.epochs=-1"], "trainer.epochs", "-1", "initbench"),
+    (["trainer.batch_size=abc"], "trainer.batch_size", "abc", "Hydra"),
+    (["trainer.epochs=abc"], "trainer.epochs", "abc", "Hydra"),
+    (["optimizer.lr=abc"], "optimizer.lr", "abc", "Hydra"),
+    (["trainer.batch_size=0"], "trainer.batch_size", "0", "initbench"),
+    (["optimizer.lr=nan"], "optimizer.lr", "nan", "initbench"),
+    (["optimizer.lr=inf"], "optimizer.lr", "inf", "initbench"),
+    (["model=mlp", "model.width=0"], "model.width", "0", "initbench"),
+    (["tracking.uri=garbage://x"], "tracking.uri", "garbage://x", "initbench"),
+    (["tracking.experiment=''"], "tracking.experiment", "''", "initbench"),
+    (["+trainer.epoch=3"], "trainer.epoch", "3", "initbench"),
+    (["trainer.epoch=3"], "trainer.epoch", "3", "Hydra"),
+    (["seed=4294967296"], "seed", "4294967296", "initbench"),
+    (["seed=-1"], "seed", "-1", "initbench"),
 ]
-REFUSED_STATUS = 2
+# The exit status each is expected to end with: initbench's own refusals 2; Hydra 1.3.8 ends its own
+# composition errors with status 1 (hydra._internal.utils.run_and_report), before initbench runs.
+REFUSED_STATUS = {"initbench": 2, "Hydra": 1}
 HYDRA_HINT = "Set the environment variable HYDRA_FULL_ERROR=1"
 KILLED_WITHIN_S = 5.0  # a signalled run must read KILLED in the store this soon after the signal
 SWEEP_GRACE_S = 20.0  # after SIGTERM to a sweep's parent, none of its processes may be alive this much later
@@ -295,15 +301,25 @@ def process_name(pid: int) -> str:
 # --- on the tracking server ----------------------------------------------------------------------------------
 
 
-def expected_history(client: MlflowClient, run, epochs: int, steps_per_epoch: int) -> dict[str, list[int]]:
-    """Metric key -> the steps the config implies (see initbench/train.py)."""
-    keys = set(client.get_run(run.info.run_id).data.metrics)
-    every_step = list(range(1, epochs * steps_per_epoch + 1))
-    expected = {"train/loss": every_step}
-    expected.update({k: list(range(1, epochs + 1)) for k in ("train/acc", "test/loss", "test/acc")})
-    expected.update({k: list(range(1, steps_per_epoch + 1)) for k in keys if k.startswith("vitals/grad_norm/")})
-    expected.update({k: [0] for k in keys if k.startswith(("vitals/act_std/", "vitals/backprop_std/"))})
-    return expected
+def history_check(uri: str, runs: list, epochs: int, steps_per_epoch: int) -> tuple[int, int, int, int]:
+    """(expected, found, lost, duplicated) metric points of `runs`, runs of one config with different seeds.
+    train/loss (every step) and train/acc, test/loss, test/acc (every epoch) against what the config
+    implies (see initbench/train.py); every other key (gradient norms, the init probe, validation, ...)
+    against the steps the same key has in any of the runs."""
+    core = {"train/loss": list(range(1, epochs * steps_per_epoch + 1))}
+    core.update({k: list(range(1, epochs + 1)) for k in ("train/acc", "test/loss", "test/acc")})
+    histories = {r.info.run_id: {k: history_steps(uri, r.info.run_id, k) for k in r.data.metrics} for r in runs}
+    keys = set(core).union(*(h.keys() for h in histories.values()))
+    expected = found = lost = duplicated = 0
+    for key in keys:
+        steps = core.get(key) or sorted(set().union(*(h.get(key, []) for h in histories.values())))
+        for history in histories.values():
+            logged = history.get(key, [])
+            expected += len(steps)
+            found += len(logged)
+            duplicated += len(logged) - len(set(logged))
+            lost += len(set(steps) - set(logged))
+    return expected, found, lost, duplicated
 
 
 def parallel(table: Table, uri: str, work: Path, jobs: int, epochs: int, train_size: int) -> None:
@@ -314,17 +330,9 @@ def parallel(table: Table, uri: str, work: Path, jobs: int, epochs: int, train_s
                f"dataset.train_size={train_size}", f"trainer.epochs={epochs}", "trainer.progress=false",
                f"tracking.uri={uri}", "tracking.experiment=stress-parallel"], work)
     wall = time.monotonic() - start
-    client = MlflowClient(uri)
     runs = job_runs(runs_in(uri, "stress-parallel"))
     steps_per_epoch = math.ceil(train_size / BATCH)
-    expected_points = found_points = duplicated = lost = 0
-    for run in runs:
-        for key, steps in expected_history(client, run, epochs, steps_per_epoch).items():
-            logged = history_steps(uri, run.info.run_id, key)
-            expected_points += len(steps)
-            found_points += len(logged)
-            duplicated += len(logged) - len(set(logged))
-            lost += len(set(steps) - set(logged))
+    expected_points, found_points, lost, duplicated = history_check(uri, runs, epochs, steps_per_epoch)
     names = [r.info.run_name for r in runs]
     finished = sum(r.info.status == "FINISHED" and r.data.tags.get("initbench.status") == "finished" for r in runs)
     table.add("parallel", f"{jobs} jobs in parallel (joblib, `n_jobs={jobs}`), one server, {epochs} epochs x "
@@ -447,7 +455,7 @@ def bad_inputs(table: Table, work: Path) -> None:
     with ThreadPoolExecutor(2) as pool:
         done = list(pool.map(lambda item: bad_input(work / f"input{item[0]:02d}", item[1][0]),
                              enumerate(BAD_INPUTS)))
-    for (argv, key, value), (proc, written) in zip(BAD_INPUTS, done, strict=True):
+    for (argv, key, value, by), (proc, written) in zip(BAD_INPUTS, done, strict=True):
         err = proc.stderr
         lines = [line.strip() for line in err.splitlines() if line.strip()]
         last = lines[-1] if lines else "(nothing)"
@@ -456,9 +464,9 @@ def bad_inputs(table: Table, work: Path) -> None:
             naming = next((line for line in lines if key in line), lines[0])
             shown = f"`{naming}` ... `{last}`"
         values = ("''", '""') if value == "''" else (value,)
-        table.add("bad-inputs", f"`{' '.join(argv)}`",
+        table.add("bad-inputs", f"`{' '.join(argv)}` (refused by {by})",
                   f"exit {proc.returncode}; {shown}; wrote {', '.join(written) or 'nothing'}", {
-                      f"exit status {REFUSED_STATUS}": proc.returncode == REFUSED_STATUS,
+                      f"exit status {REFUSED_STATUS[by]}": proc.returncode == REFUSED_STATUS[by],
                       f"the message names the key ({key})": key in err,
                       f"the message names the value ({value})": any(v in err for v in values),
                       "no traceback": not any(line.startswith("Traceback") for line in err.splitlines()),
@@ -489,8 +497,8 @@ def race_pair(folder: Path, mode: str, train_size: int) -> list[tuple[subprocess
 
 
 def store_race(table: Table, work: Path, pairs: int, mode: str, train_size: int) -> None:
-    what = ("two real `python -m initbench seed=0` / `seed=1` (model=mlp, 1 epoch)" if mode == "full" else
-            "two light jobs doing what a job does to the store (Tracker, search, start, artifact, metrics, end), "
+    what = ("`python -m initbench seed=0` and `seed=1`, model=mlp, 1 epoch" if mode == "full" else
+            "each doing what a job does to the store: Tracker, search, start, artifact, metrics, end; "
             "released by one barrier")
     print(f"\nstore-race: {pairs} pairs of processes creating a new SQLite store at once: {what}")
     start = time.monotonic()
@@ -585,7 +593,8 @@ def interrupt(table: Table, work: Path, sig: signal.Signals, train_size: int, ep
     tag = run.data.tags.get("initbench.status")
     table.add("interrupts", f"{sig.name} to a single {epochs}-epoch run after its first flushed epoch "
               f"({before} epochs flushed when signalled)",
-              f"run {run.info.status} (initbench.status={tag}) {killed}; the process {exited}; kept {kept} whole "
+              f"run {run.info.status} (initbench.status={tag}) {killed}; the process {exited}"
+              f"{' with a traceback on stderr' if 'Traceback' in job.stderr() else ''}; kept {kept} whole "
               f"epochs: train/loss steps 1..{loss[-1] if loss else 0} ({len(loss)} points)", {
                   f"KILLED with initbench.status=killed within {KILLED_WITHIN_S:.0f} s":
                       run.info.status == "KILLED" and tag == "killed" and killed_after is not None

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from initbench.run import PARENT_ENV, SWEEP_ENV
+from initbench.store import open_client
 from initbench.tracking import PARENT_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 
 def all_runs_in(uri: str, experiment: str) -> list:
     """Every run of `experiment`: the jobs' and the sweeps' parent runs."""
-    client = MlflowClient(uri)
+    client = open_client(uri)  # a new SQLite store: made under the lock a job takes, never raced
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id]) if found else []
 
