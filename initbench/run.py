@@ -171,7 +171,10 @@ def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
     print(f"run {run_name(cfg)} ({tracker.run_id}) {result.status} after {result.steps} steps: {final}")
     tracker.end(result.status)
-    print(f"tracking URI: {tracker.uri}\nopen it with: mlflow ui --backend-store-uri {tracker.uri}")
+    print(f"tracking URI: {tracker.uri}")
+    if not tracker.uri.startswith(("http://", "https://")):
+        print(f"open it with: mlflow ui --backend-store-uri {tracker.uri}")
+    print(f"its experiment's runs: {tracker.experiment_url()}")
 
 
 def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Prepared] | None:
@@ -179,7 +182,7 @@ def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Pre
     prepared model and data; None (and a line saying why) when it need not run (see already_done).
     A job of a sweep refused here (a bad config, a policy that does not fit the model, a missing
     dataset) is still recorded, as a `failed` run with its error, then the error is re-raised."""
-    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
+    tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("system_metrics", False))
     try:
         check_config(cfg)
         done = already_done(cfg, tracker)

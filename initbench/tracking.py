@@ -22,7 +22,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from .store import TrackingUnavailable, check_reachable, clean_uri, open_client, resolve_uri, sqlite_path
+from .store import TrackingUnavailable, check_reachable, clean_uri, open_client, redact, resolve_uri, sqlite_path
 
 # MLflow's per-request limits (log_batch): 1000 metrics, 100 params, 100 tags; param values 6000 chars.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_PARAM_CHARS = 1000, 100, 100, 6000
@@ -34,6 +34,7 @@ MAX_ERROR_CHARS = 5000  # of a traceback, its end: the line that names the excep
 # GenAI overview of traces; a value of its ExperimentKind enum.
 KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
+SYSTEM_METRICS_INTERVAL_S = 2  # tracking.system_metrics: one sample of CPU, memory, GPU every this many seconds
 PARENT_TAG = "initbench.parent"  # a sweep's parent run: its jobs are its children, its analysis is logged to it
 # Who runs a run, and when it last flushed: how another process tells a live run from a dead one.
 HOST_TAG, PROCESS_TAG, HEARTBEAT_TAG = "initbench.host", "initbench.process", "initbench.heartbeat"
@@ -120,7 +121,14 @@ class Tracker:
     The URI is checked (scheme, reachability) and cleaned of credentials here, before anything is
     written; the store itself is opened on first use."""
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, system_metrics: bool = False):
+        """`system_metrics`: each run also logs MLflow's own system metrics (CPU, memory, disk,
+        network; GPU utilization and memory where pynvml is installed), as `system/...` every
+        SYSTEM_METRICS_INTERVAL_S seconds."""
+        if system_metrics not in (True, False):
+            raise TrackingUnavailable(f"tracking.system_metrics={system_metrics!r}; valid: true, false")
+        self.system_metrics = system_metrics
+        self._monitor = None
         self.uri = resolve_uri(clean_uri(uri))
         if not isinstance(experiment, str) or not experiment.strip():
             raise TrackingUnavailable(f"tracking.experiment={experiment!r}: an experiment needs a name, "
@@ -158,6 +166,13 @@ class Tracker:
         if KIND_TAG not in found.tags:  # made by an older initbench, or by hand: tell the UI what it holds
             self.client.set_experiment_tag(found.experiment_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
         return found.experiment_id
+
+    def experiment_url(self) -> str:
+        """The experiment's page in MLflow's UI (this server's, or `mlflow ui`'s default address for a
+        local store), on its runs: MLflow 3.17's UI opens an experiment on its GenAI overview unless
+        the address says workflowType=machine_learning (it does not read mlflow.experimentKind)."""
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{redact(base)}/#/experiments/{self._experiment_id(create=False)}?workflowType=machine_learning"
 
     def ensure_experiment(self) -> str:
         """Create the store's tables and the experiment now (once, before parallel jobs race to)."""
@@ -215,6 +230,12 @@ class Tracker:
         run = self.client.create_run(self._experiment_id(create=True), run_name=run_name, tags={**tags, **alive})
         self.run_id = run.info.run_id
         self._log_params(self.run_id, params)
+        if self.system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                                 tracking_uri=self.uri)
+            self._monitor.start()
         return self.run_id
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
@@ -315,6 +336,9 @@ class Tracker:
         run is closed either way; then, for a run that would have ended finished or diverged, end
         raises WriteFailed, so that the job fails. For failed and killed it does not: the caller is
         raising its own error already (a KeyboardInterrupt included), which this would hide."""
+        if self._monitor is not None:  # its last samples go in before the run closes
+            self._monitor.finish()
+            self._monitor = None
         failures = self._settle()
         raising = False
         if failures:

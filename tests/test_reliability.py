@@ -19,7 +19,16 @@ from initbench.store import TrackingUnavailable, check_reachable, clean_uri, red
 from initbench.tracking import MAX_ERROR_CHARS, PROCESS_TAG, Tracker, process_token
 
 from .conftest import compose_config
-from .support import QUIET, cli, free_port, history_steps, initbench_command, initbench_env, runs_in
+from .support import (
+    QUIET,
+    cli,
+    free_port,
+    history_steps,
+    initbench_command,
+    initbench_env,
+    parent_runs_in,
+    runs_in,
+)
 
 # --- the SQLite store ------------------------------------------------------------------------------------
 
@@ -175,6 +184,8 @@ def test_a_resumed_sweep_keeps_its_sweep_id_and_is_analyzed_whole(tmp_path):
     assert again.stdout.count("skip mlp-") == 3 and f"MLflow run {lost.info.run_name}" in again.stdout
     runs = runs_in(uri, "initbench")
     assert len(runs) == 4 and len({r.data.tags["initbench.sweep"] for r in runs}) == 1
+    [parent] = parent_runs_in(uri, "initbench")  # the resumed sweep reused its parent run
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     analysis = analyze(uri, out=tmp_path / "results", log_to_mlflow=False)  # the latest sweep: all 4 jobs
     assert len(analysis.runs) == 4
 

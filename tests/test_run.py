@@ -47,6 +47,7 @@ def test_main_command_trains_and_prints_the_ui_command(tmp_path):
     done = cli("init=kaiming", "model=lenet", "dataset.train_size=256", "trainer.epochs=1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in done.stdout
+    assert "#/experiments/1?workflowType=machine_learning" in done.stdout  # opens on the runs, not on GenAI
     [logged], _ = runs_of(tmp_path)
     assert logged.info.run_name == "lenet-kaiming-digits-s0"
     assert "mlflow.parentRunId" not in logged.data.tags  # a single run stays a top-level run

@@ -1,14 +1,17 @@
 """Tracker: MLflow takes at most 1,000 metrics and 100 params per request, so one call's points and
 params go out in chunks; every one of them, the last partial chunk's too, must reach the store. And a
-table logged twice is the second one."""
+table logged twice is the second one; system metrics come when asked for."""
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
-from initbench.tracking import Tracker
+from initbench.store import TrackingUnavailable
+from initbench.tracking import SYSTEM_METRICS_INTERVAL_S, Tracker
 
 
 def test_every_point_and_param_of_a_large_call_is_stored(tmp_path, monkeypatch):
@@ -39,3 +42,16 @@ def test_a_table_logged_again_replaces_the_first(tmp_path, monkeypatch):
         tracker.log_table(run_id, pd.DataFrame({"acc": rows}), "analysis/summary.json")
     path = tracker.client.download_artifacts(run_id, "analysis/summary.json", str(tmp_path))
     assert json.loads(Path(path).read_text()) == {"columns": ["acc"], "data": [[3], [4], [5]]}
+
+
+def test_system_metrics_are_logged_when_asked_and_a_bad_setting_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", system_metrics=True)
+    run_id = tracker.start("watched", {}, {})
+    time.sleep(SYSTEM_METRICS_INTERVAL_S * 2.5)  # a run long enough for two samples
+    tracker.end("finished")
+    logged = tracker.client.get_run(run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in logged and "system/system_memory_usage_megabytes" in logged
+    with pytest.raises(TrackingUnavailable, match="tracking.system_metrics='yes'; valid: true, false"):
+        Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", system_metrics="yes")
