@@ -9,13 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hydra_plugins.initbench_batched_launcher.batched_launcher import BatchedLauncher
-from initbench.tracking import HEARTBEAT_TAG, PROCESS_TAG
+from initbench.tracking import HEARTBEAT_TAG, PARENT_TAG, PROCESS_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["model=mlp", "init=default,kaiming", "seed=0,1", "dataset.train_size=256", "trainer.epochs=1"]
 # What differs between any two runs, whoever launched them.
-RUN_SPECIFIC_TAGS = {"initbench.sweep", PROCESS_TAG, HEARTBEAT_TAG, "mlflow.runName", "mlflow.user",
-                     "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"}
+RUN_SPECIFIC_TAGS = {"initbench.sweep", "mlflow.parentRunId", PROCESS_TAG, HEARTBEAT_TAG, "mlflow.runName",
+                     "mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit"}
 
 
 def sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -29,11 +29,14 @@ def sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def logged(store: Path) -> dict:
-    """run name -> (status, params, tags, {metric key: [(step, value)]}, artifact texts)."""
+    """run name -> (status, params, tags, {metric key: [(step, value)]}, artifact texts), for the jobs'
+    runs (not the sweep's parent run)."""
     uri = f"sqlite:///{store / 'mlflow.db'}"
     client = MlflowClient(uri)
     out = {}
     for run in client.search_runs([client.get_experiment_by_name("initbench").experiment_id]):
+        if PARENT_TAG in run.data.tags:
+            continue
         rid = run.info.run_id
         metrics = {key: [(m.step, m.value) for m in client.get_metric_history(rid, key)]
                    for key in run.data.metrics}

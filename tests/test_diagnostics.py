@@ -231,7 +231,7 @@ def test_probe_options_are_checked():
            (["model=mlp", "+probe.widths=32"], "probe.widths"),
            (["model=mlp", "+probe.widths=[16]", "+probe.steps=-1"], "probe.steps"),
            (["model=mlp", "+probe.steps=3"], "give \\+probe.widths"),
-           (["model=mlp", "+probe.widths=[16]", "+probe.size=3"], "probe.size=3: unknown key"),
+           (["model=mlp", "+probe.widths=[16]", "+probe.size=3"], "probe.size: unknown key"),
            (["model=lenet", "+probe.widths=[16]"], "does not have")]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message):
