@@ -148,7 +148,7 @@ BAD = [
     (["optimizer.lr=0"], "optimizer.lr=0.0", "a finite number > 0"),
     (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1", "a finite number >= 0"),
     (["optimizer.momentum=1"], "optimizer.momentum=1.0", "a finite number in [0, 1)"),
-    (["+optimizer.nesterv=true"], "optimizer.nesterv=True: unknown key", "nesterov"),
+    (["+optimizer.nesterv=true"], "optimizer.nesterv=true: unknown key", "nesterov"),
     (["+optimizer.nesterov=true", "optimizer.momentum=0"], "optimizer.nesterov=true", "optimizer.momentum > 0"),
     (["optimizer=adam", "optimizer.betas=[0.9,1.0]"], "optimizer.betas=[0.9, 1.0]", "two numbers in [0, 1)"),
     (["optimizer=adam", "optimizer.eps=0"], "optimizer.eps=0.0", "a finite number > 0"),
