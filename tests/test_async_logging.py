@@ -1,0 +1,123 @@
+"""Tracker.log_points sends metric points through MLflow's asynchronous logging queue: every point it
+was handed is in the store once end() returns, with several runs open at once in one process (as in a
+batched sweep, whose runs share one store and so one queue), and a write that fails is never lost: the
+run ends `failed` with the error, and end() raises where the run would otherwise have looked fine."""
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from initbench.run import run
+from initbench.tracking import HEARTBEAT_TAG, Tracker, WriteFailed
+
+from .conftest import compose_config
+
+KEYS = ("a", "b", "c")
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def epoch_points(epoch: int, n: int) -> list[tuple[str, float, int]]:
+    """`n` points of epoch `epoch` (1-based) spread over KEYS, with steps unique per key."""
+    return [(KEYS[i % 3], float(epoch * 10_000 + i), epoch * 10_000 + i // 3) for i in range(n)]
+
+
+def stored(uri: str, run_id: str) -> list[tuple[str, float, int]]:
+    client = MlflowClient(uri)
+    return sorted((m.key, m.value, m.step) for key in KEYS for m in client.get_metric_history(run_id, key))
+
+
+def failing_for(tracker: Tracker, monkeypatch, bad_run: str) -> None:
+    """Make the store's asynchronous writes for run `bad_run` fail, as a full disk or a lost server would.
+    (MLflow's queue calls the store's log_batch it bound when the store was made, so that is patched.)"""
+    queue = tracker.client._tracking_client.store._async_logging_queue
+    write = queue._logging_func
+
+    def flaky(run_id, metrics, params, tags):
+        if run_id == bad_run:
+            raise MlflowException("disk I/O error")
+        return write(run_id=run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(queue, "_logging_func", flaky)
+
+
+def test_every_point_of_two_runs_open_at_once_is_stored_after_end(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first, second = Tracker(uri, "exp"), Tracker(uri, "exp")
+    assert first.asynchronous
+    ids = [first.start("one", {}, {}), second.start("two", {}, {})]
+    sizes = {1: 2345, 2: 7, 3: 1000}  # 999 + 1000 + 346 requests; a small epoch; 999 + 1
+    for epoch, n in sizes.items():  # interleaved, as a batched sweep logs its runs' epochs
+        for k, tracker in enumerate((first, second)):
+            tracker.log_points(epoch_points(epoch, n + k))
+            assert tracker._writes  # queued, not written yet
+    store = first.client._tracking_client.store
+    assert store is second.client._tracking_client.store  # one queue for both
+    first.end("finished")
+    assert store._async_logging_queue.is_active()  # one run's end leaves the queue to the other's writes
+    second.end("diverged")
+
+    client = MlflowClient(uri)
+    for k, run_id in enumerate(ids):
+        expected = sorted(p for epoch, n in sizes.items() for p in epoch_points(epoch, n + k))
+        assert stored(uri, run_id) == expected
+        run_ = client.get_run(run_id)
+        assert run_.info.status == "FINISHED" and HEARTBEAT_TAG in run_.data.tags
+    assert client.get_run(ids[1]).data.tags["initbench.status"] == "diverged"
+
+
+def test_a_failed_write_ends_the_run_failed_and_end_raises(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    bad, good = Tracker(uri, "exp"), Tracker(uri, "exp")
+    bad_id, good_id = bad.start("bad", {}, {}), good.start("good", {}, {})
+    failing_for(bad, monkeypatch, bad_id)
+    bad.log_points(epoch_points(1, 1500))
+    good.log_points(epoch_points(1, 1500))
+    with pytest.raises(WriteFailed, match="disk I/O error"):
+        bad.end("finished")
+    good.end("finished")
+
+    client = MlflowClient(uri)
+    failed = client.get_run(bad_id)
+    assert failed.info.status == "FAILED" and failed.data.tags["initbench.status"] == "failed"
+    assert "training ended finished" in failed.data.tags["initbench.error"]
+    assert "disk I/O error" in failed.data.tags["initbench.error"]
+    assert bad.run_id is None  # closed, not left RUNNING
+    assert client.get_run(good_id).info.status == "FINISHED"
+    assert len(stored(uri, good_id)) == 1500
+
+
+def test_a_killed_runs_failed_write_is_recorded_without_hiding_the_interrupt(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp")
+    run_id = tracker.start("killed", {}, {})
+    failing_for(tracker, monkeypatch, run_id)
+    tracker.log_points(epoch_points(1, 10))
+    tracker.end("killed", error="KeyboardInterrupt: stopped by SIGTERM")  # does not raise
+
+    logged = MlflowClient(uri).get_run(run_id)
+    assert logged.info.status == "FAILED" and logged.data.tags["initbench.status"] == "failed"
+    error = logged.data.tags["initbench.error"]
+    assert error.startswith("KeyboardInterrupt: stopped by SIGTERM\nWriteFailed")
+    assert "training ended killed" in error
+
+
+def test_a_write_that_fails_during_training_fails_the_job_at_the_next_epoch(tmp_path, monkeypatch):
+    cfg = compose_config(["model=mlp", "model.depth=2", "dataset.train_size=256", "trainer.epochs=3"], tmp_path)
+    uri = cfg.tracking.uri
+    started = Tracker.start
+
+    def start_then_fail(self, *args, **kwargs):
+        run_id = started(self, *args, **kwargs)
+        failing_for(self, monkeypatch, run_id)
+        return run_id
+
+    monkeypatch.setattr(Tracker, "start", start_then_fail)
+    with pytest.raises(WriteFailed, match="disk I/O error"):
+        run(cfg)
+    [logged] = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("initbench").experiment_id])
+    assert logged.info.status == "FAILED" and logged.data.tags["initbench.status"] == "failed"
+    assert "WriteFailed" in logged.data.tags["initbench.error"]
