@@ -248,8 +248,16 @@ class Tracker:
     # Metric points go through MLflow's asynchronous logging queue (MlflowClient.log_batch with
     # synchronous=False): one queue per store object, shared by every Tracker of this process on the same
     # URI (MLflow caches the store), written by its worker threads while training goes on. False: every
-    # log_batch returns only once the store has it (as before; scripts/bench_logging.py compares both).
-    asynchronous = True
+    # log_batch returns only once the store has it (scripts/bench_logging.py compares both). None (the
+    # default): MLflow's own MLFLOW_ENABLE_ASYNC_LOGGING where it is set (false: synchronous), else True.
+    asynchronous: bool | None = None
+
+    def _asynchronous(self) -> bool:
+        if self.asynchronous is not None:
+            return self.asynchronous
+        from mlflow.environment_variables import MLFLOW_ENABLE_ASYNC_LOGGING
+
+        return MLFLOW_ENABLE_ASYNC_LOGGING.get() if MLFLOW_ENABLE_ASYNC_LOGGING.defined else True
 
     @property
     def _writes(self) -> list:
@@ -272,10 +280,10 @@ class Tracker:
         """Log (key, value, step) points, with the heartbeat, in requests of at most 1,000 entries
         (MLflow's limit per log_batch: the first request carries 999 points and the heartbeat tag).
 
-        Asynchronous (see `asynchronous`): the points are queued and this returns at once, after
-        waiting for the previous call's writes, so at most one call (one epoch) of this run is ever
-        in flight; a failure of those is raised here as WriteFailed (training stops and the run ends
-        `failed`, as it would have at once had the write been synchronous)."""
+        Asynchronously (unless `asynchronous` says otherwise): the points are queued and this returns
+        at once, after waiting for the previous call's writes, so at most one call (one epoch) of this
+        run is ever in flight; a failure of those is raised here as WriteFailed (training stops and the
+        run ends `failed`, as it would have at once had the write been synchronous)."""
         failures = self._settle()
         if failures:
             raise WriteFailed(f"MLflow failed to write metric points of run {self.run_id}: {'; '.join(failures)}")
@@ -283,7 +291,7 @@ class Tracker:
         metrics = [Metric(key, value, int(now * 1000), step) for key, value, step in points]
         beat = [RunTag(HEARTBEAT_TAG, f"{now:.0f}")]
         for chunk in [metrics[:MAX_METRICS - 1], *_chunks(metrics[MAX_METRICS - 1:], MAX_METRICS)]:
-            if self.asynchronous:
+            if self._asynchronous():
                 self._writes.append(self.client.log_batch(self.run_id, metrics=chunk, tags=beat, synchronous=False))
             else:
                 self.client.log_batch(self.run_id, metrics=chunk, tags=beat)

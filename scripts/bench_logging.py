@@ -1,25 +1,29 @@
 """What MLflow logging costs a sweep: synchronous log_batch calls vs MLflow's asynchronous queue.
 
     OMP_NUM_THREADS=1 MLFLOW_DISABLE_TELEMETRY=true python scripts/bench_logging.py   # both tables
-    python scripts/bench_logging.py --part a --repeats 1                               # just (a), once
+    python scripts/bench_logging.py --repeats 3 --server     # (a) also against a local `mlflow server`
+    python scripts/bench_logging.py --part a --repeats 1     # just (a), once
 
 (a) The README's sweep `model=mlp model.depth=30 seed=0,1,2` on digits (1,437 training images, batch
     128: 12 steps per epoch), trainer.epochs=10, each job run as `python -m initbench` runs it
     (initbench.run.open_job, then train_and_log) in this process, into a new SQLite store in a
-    temporary folder. Timed: fit() (training, with its log callback), the time inside
-    Tracker.log_points (wrapped), and Tracker.end (which waits for the run's last writes), with
-    Tracker.asynchronous False (each log_batch returns once SQLite has it) and True (the default:
-    MLflow's asynchronous queue). Per mode, the repeat with the shortest sweep is shown.
-(b) Whole processes, wall clock from start to exit, each in a fresh Python: the same 3-job sweep of the
-    depth-30 MLP, 10 epochs, on synthetic MNIST-shaped data built here (4,000 training and 1,000 test
-    images 1x28x28 of uniform noise, normalized, 10 random labels; MNIST is not available offline),
-    as initbench runs it (configs composed with dataset=mnist dataset.train_size=4000, the synthetic
-    data handed to open_job), against a plain PyTorch loop that trains the same models the same way
-    (the same architecture, PyTorch's default init under torch.manual_seed(seed), SGD lr 0.02 momentum
-    0.9, batch 128, the seed's data order, a test-set evaluation per epoch) and logs nothing. Also
-    initbench's fit() without MLflow (its gradient norms and init probe computed, nothing sent), and
-    the async sweep into a store that does not exist yet (it is created first). Other rows log into an
-    existing store. Best of --repeats per row.
+    temporary folder (with --server, also into a new experiment of a local `mlflow server`, SQLite
+    behind it, started and stopped here). Timed: fit() (training, with its log callback), the time
+    inside Tracker.log_points (wrapped), fit() less that (training proper: it shows what the writer
+    threads cost it), and Tracker.end (which waits for the run's last writes), with
+    Tracker.asynchronous False (each log_batch returns once the store has it) and True (MLflow's
+    asynchronous queue, initbench's default). Per store and mode, the repeat with the shortest sweep.
+(b) Whole processes, start to exit, each a fresh Python: wall clock, and CPU time (user + system of
+    the process and what it waited for; less sensitive to other jobs on a shared machine). The same
+    3-job sweep of the depth-30 MLP, 10 epochs, on synthetic MNIST-shaped data built here (4,000
+    training and 1,000 test images 1x28x28 of uniform noise, normalized, 10 random labels; MNIST is
+    not available offline), as initbench runs it (configs composed with dataset=mnist
+    dataset.train_size=4000, the synthetic data handed to open_job), against a plain PyTorch loop that
+    trains the same models the same way (the same architecture, PyTorch's default init under
+    torch.manual_seed(seed), SGD lr 0.02 momentum 0.9, batch 128, the seed's data order, a test-set
+    evaluation per epoch) and logs nothing. Also initbench's fit() without MLflow (its gradient norms
+    and init probe computed, nothing sent), and the asynchronous sweep into a store that does not exist
+    yet (it is created first); the other rows log into an existing store. Best of --repeats per row.
 """
 
 import argparse

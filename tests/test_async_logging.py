@@ -47,7 +47,6 @@ def failing_for(tracker: Tracker, monkeypatch, bad_run: str) -> None:
 def test_every_point_of_two_runs_open_at_once_is_stored_after_end(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first, second = Tracker(uri, "exp"), Tracker(uri, "exp")
-    assert first.asynchronous
     ids = [first.start("one", {}, {}), second.start("two", {}, {})]
     sizes = {1: 2345, 2: 7, 3: 1000}  # 999 + 1000 + 346 requests; a small epoch; 999 + 1
     for epoch, n in sizes.items():  # interleaved, as a batched sweep logs its runs' epochs
@@ -121,3 +120,13 @@ def test_a_write_that_fails_during_training_fails_the_job_at_the_next_epoch(tmp_
     [logged] = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("initbench").experiment_id])
     assert logged.info.status == "FAILED" and logged.data.tags["initbench.status"] == "failed"
     assert "WriteFailed" in logged.data.tags["initbench.error"]
+
+
+def test_mlflows_own_switch_turns_asynchronous_logging_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp")
+    run_id = tracker.start("sync", {}, {})
+    tracker.log_points(epoch_points(1, 5))
+    assert not tracker._writes and stored(uri, run_id) == sorted(epoch_points(1, 5))  # written before it returned
+    tracker.end("finished")

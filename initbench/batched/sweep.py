@@ -199,9 +199,12 @@ def _run_chunk(cfgs: list[DictConfig], jobs: list[Prepared], trackers: list[Trac
     for i, result in zip(live, results, strict=True):
         if outcomes[i].error is not None:
             fail_run(cfgs[i], trackers[i], outcomes[i].error)
-        else:
+            continue
+        try:  # the run's last writes are checked as it closes (Tracker.end): a failure fails this job alone
             finish_run(cfgs[i], trackers[i], result)
             outcomes[i].result = result
+        except Exception as err:
+            outcomes[i].error = err
     return outcomes
 
 
