@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -82,7 +83,7 @@ def test_a_live_run_of_the_same_config_is_skipped_and_a_dead_one_marked_killed(t
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        digest = config_hash(computed_config(cfg, __import__("torch").device("cpu")))
+        digest = config_hash(computed_config(cfg, torch.device("cpu")))
         tracker.start("elsewhere", {}, {"initbench.config_hash": digest})
         live_id = tracker.run_id
         tracker.client.set_tag(live_id, PROCESS_TAG, process_token(other.pid))  # as if `other` trained it
@@ -143,7 +144,7 @@ def test_config_hash_counts_what_is_computed_only():
 
     def digest(*overrides):
         cfg = compose_config(["model=mlp", *overrides])
-        return config_hash(computed_config(cfg, __import__("torch").device("cpu")))
+        return config_hash(computed_config(cfg, torch.device("cpu")))
 
     same = digest()
     assert digest("trainer.progress=true") == same  # a progress bar computes nothing
