@@ -13,7 +13,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -80,6 +80,12 @@ class DigitsConf(DatasetConf):
 
 
 @dataclass
+class MNIST1DConf(DigitsConf):
+    num_samples: int = MISSING
+    generator_seed: int = MISSING
+
+
+@dataclass
 class LeNetConf:
     name: str = MISSING
     image_size: int | None = MISSING
@@ -102,23 +108,54 @@ class LSTMConf:
 
 
 @dataclass
-class InitConf:
-    """An init policy (conf/init/*.yaml, the type of the config's `init`; policy files have no defaults
-    list, since build_policy reads them as they are). Its rules are checked by build_policy. A policy
-    with sweepable fields of its own (sigma_w, ...) will get a subclass of this schema."""
+class CNN1dConf:
+    name: str = MISSING
+    channels: int = MISSING
+    kernel_sizes: list[int] = MISSING
+    stride: int = MISSING
+    padding: int = MISSING
 
-    name: str = MISSING  # the file's name
-    rules: list[Any] = field(default_factory=list)
-    lsuv: dict[str, Any] | None = None
+
+@dataclass
+class ResidualConf:
+    """What the residual families share (initbench/models/residual.py)."""
+
+    name: str = MISSING
+    depth: int = MISSING
+    width: int = MISSING
+    branch_gate: str = MISSING  # none | scalar
+    branch_bias: bool = MISSING
+
+
+@dataclass
+class ResMLPConf(ResidualConf):
+    activation: str = MISSING
+    norm: str = MISSING  # none | layer | batch
+
+
+@dataclass
+class ResNetConf(ResidualConf):
+    norm: str = MISSING  # batch | none
+
+
+@dataclass
+class TransformerConf(ResidualConf):
+    heads: int = MISSING
+    mlp_ratio: int = MISSING
+    tokens: str = MISSING  # patches | rows
+    patch_size: int = MISSING
+    norm_position: str = MISSING  # pre | post
+    pool: str = MISSING  # cls | mean
 
 
 @dataclass
 class Config:
     """conf/config.yaml: the groups and the seed. The files of a group bring their own schema (a
-    defaults-list line), except init's, whose schema is the type of this `init`."""
+    defaults-list line), except init's: a policy file is read as it is by build_policy, which check_config
+    runs, since a policy may have parameters of its own (critical's sigma_w) that no one schema lists."""
 
     model: Any = MISSING
-    init: InitConf = MISSING
+    init: Any = MISSING
     dataset: Any = MISSING
     optimizer: Any = MISSING
     trainer: Any = MISSING
@@ -134,9 +171,14 @@ SCHEMAS = {
     "schema/optimizer/adam": AdamConf,
     "schema/dataset/torchvision": DatasetConf,
     "schema/dataset/digits": DigitsConf,
+    "schema/dataset/mnist1d": MNIST1DConf,
     "schema/model/lenet": LeNetConf,
     "schema/model/mlp": MLPConf,
     "schema/model/lstm": LSTMConf,
+    "schema/model/cnn1d": CNN1dConf,
+    "schema/model/resmlp": ResMLPConf,
+    "schema/model/resnet": ResNetConf,
+    "schema/model/transformer": TransformerConf,
 }
 for _path, _schema in SCHEMAS.items():
     _group, _name = _path.rsplit("/", 1)
@@ -209,10 +251,20 @@ def _rules() -> dict[str, Rule]:
         "model.hidden_size": at_least_1,
         "model.num_layers": at_least_1,
         "model.image_size": _int_in(1, nullable=True),
+        "model.channels": at_least_1,
+        "model.kernel_sizes": (lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+                               and all(_is_int(k) and k >= 1 for k in v), "a non-empty list of integers >= 1"),
+        "model.stride": at_least_1,
+        "model.padding": _int_in(0),
+        "model.heads": at_least_1,
+        "model.mlp_ratio": at_least_1,
+        "model.patch_size": at_least_1,
         "dataset.name": _one_of(DATASETS),
         "dataset.train_size": _int_in(1, nullable=True),
         "dataset.split_seed": _int_in(0, SEED_MAX),
         "dataset.test_fraction": _real(lambda v: 0 < v < 1, "in (0, 1)"),
+        "dataset.num_samples": _int_in(10),  # mnist1d: num_samples // 10 of each of the 10 classes
+        "dataset.generator_seed": _int_in(0, SEED_MAX),  # NumPy's np.random.seed takes [0, 2**32 - 1]
         "dataset.val_size": (lambda v: v is None or v == 0 or (isinstance(v, float) and 0 < v < 1)
                              or (_is_int(v) and v >= 1), "a fraction in (0, 1), a count >= 1, 0 or null"),
     }
@@ -275,14 +327,25 @@ def _device_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
-def _mlp_problems(cfg: DictConfig) -> list[str]:
-    """The MLP family's activation (build_model's dispatch: no _target_, name mlp)."""
-    from .models.mlp import ACTIVATIONS
+def _model_problems(cfg: DictConfig) -> list[str]:
+    """A family's options of fixed values and its shape rules (build_model's dispatch: no _target_)."""
+    from .models import CHOICES
+    from .models.resnet import blocks_per_stage
 
     model = cfg.model
-    if "_target_" in model or model.get("name") != "mlp" or model.get("activation") in ACTIVATIONS:
+    if "_target_" in model:
         return []
-    return [f"model.activation={_show(model.get('activation'))}: must be one of {', '.join(ACTIVATIONS)}"]
+    name, depth, width, heads = (model.get(key) for key in ("name", "depth", "width", "heads"))
+    problems = [f"model.{key}={_show(model.get(key))}: must be one of {', '.join(valid)}"
+                for key, valid in CHOICES.get(name, {}).items() if key in model and model.get(key) not in valid]
+    if name == "resnet" and _is_int(depth) and depth >= 1:
+        try:
+            blocks_per_stage(depth)
+        except ValueError as err:
+            problems.append(str(err))
+    if name == "transformer" and _is_int(width) and _is_int(heads) and heads >= 1 and width % heads:
+        problems.append(f"model.width={width}: must be divisible by model.heads={heads}")
+    return problems
 
 
 def _nesterov_problems(cfg: DictConfig) -> list[str]:
@@ -330,7 +393,7 @@ def check_config(cfg: DictConfig) -> None:
     problems = [f"{key}: has no value (???)" for key in sorted(OmegaConf.missing_keys(cfg))
                 if key.split(".")[0] not in NOT_CHECKED]
     if not problems:  # the checks below read values
-        problems = (_key_problems(cfg) + _range_problems(cfg) + _device_problems(cfg) + _mlp_problems(cfg)
+        problems = (_key_problems(cfg) + _range_problems(cfg) + _device_problems(cfg) + _model_problems(cfg)
                     + _nesterov_problems(cfg) + _init_problems(cfg))
     if problems:
         raise ConfigError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n  "

@@ -1,21 +1,29 @@
 """Datasets as normalized tensors on the training device: a batch is an index into them.
 
-`digits` is scikit-learn's bundled 8x8 set (offline); `mnist`, `fashion_mnist` and `cifar10` are read
-with torchvision's own dataset classes from `data_dir`, downloaded there on first use.
+`digits` is scikit-learn's bundled 8x8 set (offline); `mnist1d` is generated offline by the `mnist1d`
+package and cached in `data_dir`; `mnist`, `fashion_mnist` and `cifar10` are read with torchvision's own
+dataset classes from `data_dir`, downloaded there on first use.
 """
 
 import hashlib
+import json
+import logging
+import os
+import random
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from .models import DataShape
 
+logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
@@ -78,22 +86,100 @@ def _digits(cfg) -> tuple[np.ndarray, ...]:
     )
 
 
-# name -> (torchvision class, folder it keeps under data_dir, files it reads there)
+MNIST1D_ARGS = {"num_samples": "num_samples", "generator_seed": "seed"}  # config key -> make_dataset's arg
+
+
+@contextmanager
+def _global_rng_kept():
+    """Within, Python's and NumPy's global RNGs may be reseeded and drawn from; on exit both are as before."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _mnist1d_args(cfg) -> dict:
+    """make_dataset's args: the package's defaults, with the config's size, test fraction and seed."""
+    from mnist1d.data import get_dataset_args
+
+    args = get_dataset_args(as_dict=True)
+    del args["url"]  # where the package downloads its own copy from: not a generation arg
+    args.update({arg: cfg[key] for key, arg in MNIST1D_ARGS.items() if cfg.get(key) is not None})
+    if cfg.get("test_fraction") is not None:
+        args["train_split"] = 1 - cfg["test_fraction"]
+    return args
+
+
+def _generate_mnist1d(args: dict) -> dict[str, np.ndarray]:
+    """mnist1d's make_dataset(args): x (N, length) float64 and y int64 of the train and test splits. It
+    seeds the global RNGs with args["seed"]; they are restored after."""
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    with _global_rng_kept():
+        made = make_dataset(ObjectView(dict(args)))
+    return {key: made[key] for key in ("x", "x_test", "y", "y_test")}
+
+
+def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez to a temporary file next to `path`, then rename: readers see a whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            np.savez(file, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide a shared data_dir's cache from other users
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _mnist1d(cfg, root: Path) -> tuple[np.ndarray, ...]:
+    """MNIST-1D (Greydanus & Kobak 2024) as the mnist1d package generates it, read from a cache file in
+    root/mnist1d named by the generation args (and the package version) when one is there.
+
+    A sequence of L steps of 1 feature is an image (1, L, 1): C=1 channel, H=L rows of W=1 pixel, so `mlp`
+    flattens it to L features, `lstm` reads L rows of C*W=1 feature and `cnn1d` convolves C*W=1 channel
+    along H=L steps."""
+    args = _mnist1d_args(cfg)
+    key = json.dumps({"args": args, "mnist1d": version("mnist1d")}, sort_keys=True)
+    path = root / "mnist1d" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path) as cached:
+            arrays = {name: cached[name] for name in cached.files}
+    else:
+        arrays = _generate_mnist1d(args)
+        try:
+            _save_atomic(path, arrays)
+        except OSError as err:  # a read-only data_dir: generate each time
+            logger.warning("could not cache MNIST-1D in %s (%s); it is generated again next time", path, err)
+    as_images = [x[:, None, :, None] for x in (arrays["x"], arrays["x_test"])]  # (N, L) -> (N, 1, L, 1)
+    return (*as_images, arrays["y"], arrays["y_test"])
+
+
+# name -> (torchvision.datasets class, folder it keeps under data_dir, files it reads there); torchvision is
+# imported when one is opened: its import (torch._dynamo, through torchvision.ops) costs 1.5 s a process
 TORCHVISION = {
-    "mnist": (torchvision.datasets.MNIST, "MNIST/raw",
+    "mnist": ("MNIST", "MNIST/raw",
               ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    "fashion_mnist": (torchvision.datasets.FashionMNIST, "FashionMNIST/raw",
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw",
                       ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-batches-py",
+    "cifar10": ("CIFAR10", "cifar-10-batches-py",
                 [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
 }
-VALID = ["digits", *TORCHVISION]
+VALID = ["digits", *TORCHVISION, "mnist1d"]
 
 
 def _open_torchvision(name: str, root: Path, train: bool):
-    cls, folder, files = TORCHVISION[name]
+    import torchvision
+
+    class_name, folder, files = TORCHVISION[name]
+    cls = getattr(torchvision.datasets, class_name)
     try:
         return cls(str(root), train=train, download=False)
     except RuntimeError:
@@ -152,6 +238,8 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
     name = cfg.get("name")
     if name == "digits":
         train_x, test_x, train_y, test_y = _digits(cfg)
+    elif name == "mnist1d":
+        train_x, test_x, train_y, test_y = _mnist1d(cfg, Path(data_dir).expanduser())
     elif name in TORCHVISION:
         train_x, test_x, train_y, test_y = _torchvision(name, Path(data_dir).expanduser())
     else:

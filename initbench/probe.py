@@ -16,7 +16,6 @@ import hydra
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, check_config
@@ -31,8 +30,8 @@ from .init.diagnostics import (
     jacobian_summary,
     width_slopes,
 )
-from .run import build_initialized_model, job_device, prepare
-from .train import float32_math
+from .run import build_initialized_model, job_device, optimizer_scales, prepare
+from .train import build_optimizer, float32_math
 
 DEFAULT_STEPS = 10
 OPTIONS = ("widths", "steps", "plot")
@@ -69,17 +68,26 @@ def probe_options(cfg: DictConfig) -> dict:
 def width_check(cfg: DictConfig, widths: list[int], steps: int, data: Dataset | None = None) -> pd.DataFrame:
     """coordinate_check for the job `cfg` with model.width set to each of `widths`: each model built and
     initialized as the job's (seed, init policy), trained for `steps` steps by the job's optimizer at
-    its lr (no schedule) on fit()'s first batches (trainer.batch_size, the order from `seed`), and
-    measured on the probe batch (the first batch_size training examples), under trainer.precision's
-    float32 math. Columns: width, layer, step, size (mean |activation|), change (from init)."""
+    its lr (no schedule; scaled per parameter as the policy asks: mup) on fit()'s first batches
+    (trainer.batch_size, the order from `seed`), and measured on the probe batch (the first batch_size
+    training examples), under trainer.precision's float32 math. Columns: width, layer, step, size (mean
+    |activation|), change (from init)."""
     if data is None:
         data = load_dataset(cfg.dataset, cfg.paths.data_dir, job_device(cfg), image_size=cfg.model.get("image_size"))
     device, batch, n = data.train_x.device, cfg.trainer.batch_size, len(data.train_y)
 
+    built = {}  # coordinate_check builds a width's model, then makes its optimizer: the scales go between
+
     def build(width: int) -> torch.nn.Module:
         job = copy.deepcopy(cfg)
         job.model.width = width
-        return build_initialized_model(job, data)[0].to(device)
+        model = build_initialized_model(job, data)[0].to(device)
+        built.update(model=model, scales=optimizer_scales(job, model))
+        return model
+
+    def make_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        names = {id(p): name for name, p in built["model"].named_parameters()}
+        return build_optimizer(cfg.optimizer, [(names[id(p)], p) for p in params], built["scales"])
 
     def batches():
         order = torch.Generator().manual_seed(cfg.seed)
@@ -90,8 +98,7 @@ def width_check(cfg: DictConfig, widths: list[int], steps: int, data: Dataset | 
                 yield data.train_x[idx], data.train_y[idx]
 
     with float32_math(cfg.trainer):
-        return coordinate_check(build, widths, data.train_x[:batch], batches,
-                                lambda params: instantiate(cfg.optimizer)(params), steps)
+        return coordinate_check(build, widths, data.train_x[:batch], batches, make_optimizer, steps)
 
 
 def width_tables(table: pd.DataFrame, steps: int) -> dict[str, pd.DataFrame]:

@@ -4,7 +4,7 @@ import os
 import tempfile
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,10 +17,11 @@ from .config import check_config
 from .data import SPLITS, Dataset, load_dataset
 from .errors import REFUSED
 from .init import InitReport, build_policy
+from .init.criticality import criticality_note
 from .interrupts import sigterm_as_interrupt
 from .models import build_model
 from .tracking import Tracker, config_hash, flatten, git_commit, liveness
-from .train import FitResult, compiles, fit, resolve_device
+from .train import FitResult, Scales, compiles, fit, resolve_device
 
 SWEEP_ENV = "INITBENCH_SWEEP_ID"  # set once per multirun by initbench.callbacks.SweepId
 PARENT_ENV = "INITBENCH_PARENT_RUN"  # the sweep's parent run id, set there too
@@ -28,11 +29,13 @@ PARENT_ENV = "INITBENCH_PARENT_RUN"  # the sweep's parent run id, set there too
 
 @dataclass
 class Prepared:
-    """A job ready to train: its data on the device, its model initialized by its policy (on CPU)."""
+    """A job ready to train: its data on the device, its model initialized by its policy (on CPU), and the
+    factors its policy asks the optimizer to apply per parameter (optimizer_scales)."""
 
     data: Dataset
     model: nn.Module
     report: InitReport
+    scales: Scales = field(default_factory=dict)
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -52,6 +55,12 @@ def build_initialized_model(cfg: DictConfig, data: Dataset) -> tuple[nn.Module, 
     return model, report
 
 
+def optimizer_scales(cfg: DictConfig, model: nn.Module) -> Scales:
+    """{parameter name: {optimizer option: factor}}: what the job's init policy asks of its optimizer per
+    parameter (muP's per-layer learning rates); empty for most policies."""
+    return build_policy(cfg.init).optimizer_scales(model, OmegaConf.to_container(cfg.optimizer, resolve=True))
+
+
 def job_index() -> int:
     """This job's number in its Hydra multirun (0 outside one)."""
     return HydraConfig.get().job.get("num", 0) if HydraConfig.initialized() else 0
@@ -63,7 +72,7 @@ def prepare(cfg: DictConfig, data: Dataset | None = None) -> Prepared:
     if data is None:
         data = load_dataset(cfg.dataset, cfg.paths.data_dir, job_device(cfg), image_size=cfg.model.get("image_size"))
     model, report = build_initialized_model(cfg, data)
-    return Prepared(data, model, report)
+    return Prepared(data, model, report, optimizer_scales(cfg, model))
 
 
 def computed_config(cfg: DictConfig, device: torch.device) -> dict:
@@ -195,6 +204,12 @@ def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Pre
             record_refused(cfg, tracker, err)
         raise
     print(job.report)
+    note = criticality_note(build_policy(cfg.init), cfg.model.get("activation"))  # init=critical: the edge of chaos
+    if note:
+        print(note)
+    if job.scales:
+        print("the policy's factors on the optimizer's options, per parameter: "
+              + "; ".join(f"{name} {dict(factors)}" for name, factors in job.scales.items()))
     return tracker, job
 
 
@@ -214,7 +229,8 @@ def train_and_log(cfg: DictConfig, tracker: Tracker, job: Prepared) -> FitResult
     start_run(cfg, job, tracker)
     try:
         with sigterm_as_interrupt():
-            result = fit(job.model, job.data, cfg.trainer, cfg.optimizer, cfg.seed, log=tracker.log_points)
+            result = fit(job.model, job.data, cfg.trainer, cfg.optimizer, cfg.seed, log=tracker.log_points,
+                         scales=job.scales)
     except KeyboardInterrupt as err:
         kill_run(cfg, tracker, err)
         raise

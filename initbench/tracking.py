@@ -7,6 +7,7 @@ config flattened with dots; tags `initbench.status` (finished | diverged | faile
 `initbench.heartbeat` (who runs it, and the time of its last flush).
 """
 
+import atexit
 import hashlib
 import json
 import os
@@ -323,7 +324,11 @@ class Tracker:
         """MlflowClient.set_terminated (status, end time) without its first step, which shuts down the
         store's asynchronous queue: that queue serves every run of this process on this store (the runs
         of a batched sweep), and its thread notices a shut-down only when its 1 s poll times out, so
-        each run end would cost up to a second. This run's own writes are all done by now (end)."""
+        each run end would cost up to a second. This run's own writes are all done by now (end).
+
+        For the same reason the queue's exit handler, which joins that thread, would hold up the end of
+        the process by up to a second; it guards writes no one waited for, and end() has waited for every
+        write of every run of initbench's, so it is unregistered (the thread is a daemon)."""
         from mlflow.entities import RunStatus
         from mlflow.utils.time import get_current_time_millis
 
@@ -333,6 +338,9 @@ class Tracker:
             return
         store.update_run_info(self.run_id, RunStatus.from_string(mlflow_status), end_time=get_current_time_millis(),
                               run_name=None)
+        exit_handler = getattr(getattr(store, "_async_logging_queue", None), "_at_exit_callback", None)
+        if exit_handler is not None:
+            atexit.unregister(exit_handler)
 
     def end(self, status: str, error: str | None = None) -> None:
         """Wait until every metric point handed to log_points is in the store (or its write failed),

@@ -13,7 +13,7 @@ import inspect
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .data import Dataset
-from .diagnostics import GRAD_NORM, MetricPoint, epoch_points, init_points
+from .diagnostics import MetricPoint, epoch_points, init_points, vitals_key
 
 logger = logging.getLogger(__name__)
 LogFn = Callable[[list[MetricPoint]], None]
@@ -175,15 +175,46 @@ def _first_non_finite(values: list[float]) -> int | None:
     return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
 
+Scales = Mapping[str, Mapping[str, float]]  # parameter name -> {optimizer option: factor}
+
+
+def build_optimizer(optimizer, named: list[tuple[str, nn.Parameter]], scales: Scales | None = None):
+    """The optimizer of a Hydra `_partial_` config over the `named` parameters. scales[name] = {option: factor}
+    multiplies the optimizer's numeric options (lr, weight_decay, eps, ...) for that parameter, as an init policy
+    asks (muP's per-layer learning rates): one parameter group per distinct set of factors."""
+    make = instantiate(optimizer)
+    if not scales:
+        return make([p for _, p in named])
+    unknown = sorted(set(scales) - {name for name, _ in named})
+    if unknown:
+        raise ValueError(f"optimizer scales for parameters the model lacks: {unknown}; "
+                         f"its parameters: {', '.join(name for name, _ in named)}")
+    options = {k: p.default for k, p in inspect.signature(make.func).parameters.items()
+               if p.default is not inspect.Parameter.empty}
+    options.update(make.keywords)
+    numeric = sorted(k for k, v in options.items() if isinstance(v, int | float) and not isinstance(v, bool))
+    groups: dict[tuple, list[nn.Parameter]] = {}
+    for name, param in named:
+        factors = tuple(sorted(scales.get(name, {}).items()))
+        bad = [option for option, _ in factors if option not in numeric]
+        if bad:
+            raise ValueError(f"cannot scale {bad} of {make.func.__name__} for {name}: "
+                             f"its numeric options are {', '.join(numeric)}")
+        groups.setdefault(factors, []).append(param)
+    return make([{"params": params, **{k: options[k] * f for k, f in factors}} for factors, params in groups.items()])
+
+
 @in_float32_math
-def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: LogFn | None = None) -> FitResult:
+def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: LogFn | None = None,
+        scales: Scales | None = None) -> FitResult:
     """Train `model` on `data` for trainer.epochs; the data order comes from `seed` alone.
 
     trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress, precision
     (float32 | tf32: TF32 matmuls and convolutions | bf16: bf16 autocast for the forward passes; see
     float32_math), compile (auto = on CUDA | true | false),
     compile_mode (optional: torch.compile's mode).
-    optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...).
+    optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...), its options multiplied per
+    parameter by `scales` (see build_optimizer).
     A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;
     the steps before it are logged.
     """
@@ -191,7 +222,8 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     device = data.train_x.device
     model.to(device).train()
     named = list(model.named_parameters())
-    opt = instantiate(optimizer)([p for _, p in named])
+    grad_keys = [vitals_key("grad_norm", name) for name, _ in named]
+    opt = build_optimizer(optimizer, named, scales)
     n, batch = len(data.train_y), trainer.batch_size
     steps_per_epoch = math.ceil(n / batch)
     total_steps = trainer.epochs * steps_per_epoch
@@ -240,9 +272,8 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
         kept = step_losses if bad is None else step_losses[:bad]
         points = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
         if first_epoch:
-            points += [(f"{GRAD_NORM}{name}", v, i + 1)
-                       for i, row in enumerate(grad_norms[:len(kept)].tolist())
-                       for (name, _), v in zip(named, row, strict=True)]
+            points += [(key, v, i + 1) for i, row in enumerate(grad_norms[:len(kept)].tolist())
+                       for key, v in zip(grad_keys, row, strict=True)]
         result.steps = step0 + len(kept)
         if bad is not None:
             log(points)

@@ -162,8 +162,9 @@ def test_markdown_is_ranked_and_says_diverged_runs_are_not_averaged(result):
 @pytest.mark.slow
 def test_files_and_non_empty_pngs(store, result):
     out = store / "results"
-    names = {"summary.md", "summary.csv", "runs.csv", "curves.csv", "grad_norms.csv", "train_loss.png",
-             "test_acc.png", "grad_norms.png"} | ({"val_acc.png"} if result.runs.has_val.any() else set())
+    names = {"summary.md", "summary.csv", "runs.csv", "curves.csv", "grad_norms.csv", "vitals.csv", "train_loss.png",
+             "test_acc.png", "grad_norms.png", "act_std.png", "dead_frac.png"} | (
+                {"val_acc.png"} if result.runs.has_val.any() else set())
     assert {p.name for p in result.files} == names and all(p.parent == out for p in result.files)
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

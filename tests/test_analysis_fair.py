@@ -390,3 +390,13 @@ def test_heatmap_defaults_to_final_test_accuracy_without_validation(old_runs, tm
     with pytest.raises(NoValidation):
         analyze(uri_of(old_runs), out=tmp_path, log_to_mlflow=False, group_by=["init"],
                 heatmap_keys=("init", "seed"), measure="best_val_acc")
+
+
+def test_tune_with_two_group_keys_tunes_each_group_and_draws_its_grid(grid_store, tmp_path):
+    """--group-by init,model.depth --tune optimizer.lr: one choice per (init, depth), each on validation
+    (a tie here: the first lr); tune.png is drawn for groups named by two keys (it once raised KeyError)."""
+    result = analyze(uri_of(grid_store), out=tmp_path, log_to_mlflow=False, tune_key="optimizer.lr",
+                     group_by=("init", "model.depth"))
+    assert sorted(zip(result.tune.init, result.tune["model.depth"].astype(int))) == \
+        [("kaiming", 2), ("kaiming", 10), ("xavier", 2), ("xavier", 10)]
+    assert (tmp_path / "tune.png").read_bytes()[:4] == b"\x89PNG"

@@ -130,3 +130,20 @@ def test_mlflows_own_switch_turns_asynchronous_logging_off(tmp_path, monkeypatch
     tracker.log_points(epoch_points(1, 5))
     assert not tracker._writes and stored(uri, run_id) == sorted(epoch_points(1, 5))  # written before it returned
     tracker.end("finished")
+
+
+def test_a_process_does_not_wait_for_mlflows_queue_poll_at_exit(tmp_path, monkeypatch):
+    """MLflow's queue thread notices a shut-down only at its next 1 s poll, and its exit handler waits for
+    that: end() has confirmed every write, so it unregisters the handler (the thread is a daemon)."""
+    import atexit
+
+    released = []
+    monkeypatch.setattr(atexit, "unregister", released.append)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp")
+    run_id = tracker.start("one", {}, {})
+    tracker.log_points(epoch_points(1, 30))
+    queue = tracker.client._tracking_client.store._async_logging_queue
+    tracker.end("finished")
+    assert queue._at_exit_callback in released and queue._batch_logging_thread.daemon
+    assert stored(uri, run_id) == sorted(epoch_points(1, 30))

@@ -16,7 +16,7 @@ from torch._dynamo.utils import counters
 from initbench.batched import LoopLSTM, Unbatchable, fit_batched, optimizer_spec, stack_models, vmappable
 from initbench.batched.sweep import group_jobs, plan, run_jobs
 from initbench.data import Dataset, load_dataset
-from initbench.run import build_initialized_model, prepare
+from initbench.run import build_initialized_model, optimizer_scales, prepare
 from initbench.train import fit
 
 from .conftest import compose_config
@@ -43,12 +43,13 @@ def both_ways(jobs: list[list[str]], common: list[str], lrs=None):
     _, params, _ = stack_models(batched)
     for k, model in enumerate(batched):
         assert all(torch.equal(params[name][k], p) for name, p in model.named_parameters())
+    scales = [optimizer_scales(cfg, model) for cfg, model in zip(cfgs, single, strict=True)]  # mup's factors
     points_b = [[] for _ in cfgs]
     results_b = fit_batched(batched, data, first.trainer, first.optimizer, [cfg.seed for cfg in cfgs],
-                            logs=[p.extend for p in points_b], lrs=lrs)
+                            logs=[p.extend for p in points_b], lrs=lrs, scales=scales)
     points_s = [[] for _ in cfgs]
-    results_s = [fit(model, data, cfg.trainer, cfg.optimizer, cfg.seed, log=p.extend)
-                 for model, cfg, p in zip(single, cfgs, points_s, strict=True)]
+    results_s = [fit(model, data, cfg.trainer, cfg.optimizer, cfg.seed, log=p.extend, scales=scale)
+                 for model, cfg, p, scale in zip(single, cfgs, points_s, scales, strict=True)]
     return list(zip(batched, single, results_b, results_s, points_b, points_s, strict=True))
 
 
@@ -65,16 +66,39 @@ def assert_same_run(batched, single, result_b, result_s, points_b, points_s, par
 
 
 # Adam divides by sqrt(v) + eps: a gradient that is pure rounding noise (a bias right before
-# BatchNorm, whose true gradient is 0) moves by lr * noise / eps, so there the runs agree to 1e-10.
+# BatchNorm, or attention's key bias, to which the softmax is blind: their true gradient is 0) moves by
+# lr * noise / eps, so there the runs agree to 1e-10.
 @pytest.mark.parametrize("common,jobs,atol", [
     (["model=lenet"], [["init=default", "seed=0"], ["init=kaiming", "seed=1"]], 1e-12),
+    (["model=mlp", "model.activation=tanh"],
+     [["init=critical", "init.sigma_w=1.5", "init.sigma_b=0.1", "seed=0"], ["init=kumar", "seed=1"],
+      ["init=zero_init", "seed=2"]], 1e-12),
     (["model=mlp", "+optimizer.nesterov=true", "optimizer.weight_decay=0.01"],
      [["init=xavier", "seed=0"], ["init=orthogonal", "seed=1"], ["init=lsuv", "seed=2"]], 1e-12),
     (["model=mlp", "model.batch_norm=true"], [["init=default", "seed=0"], ["init=kaiming", "seed=5"]], 1e-12),
     (["model=mlp", "model.batch_norm=true", "optimizer=adam"], [["init=default", "seed=0"]], 1e-10),
+    (["model=mlp", "model.width=128", "optimizer.weight_decay=0.01"],
+     [["init=mup", "seed=0"], ["init=default", "seed=1"], ["init=mup", "init.base_width=32", "seed=2"]], 1e-12),
+    (["model=mlp", "model.width=128", "optimizer=adam", "optimizer.weight_decay=0.01", "trainer.schedule=cosine"],
+     [["init=mup", "seed=0"], ["init=default", "seed=1"]], 1e-12),
     (["model=lstm", "model.hidden_size=16", "model.num_layers=2", "optimizer=adam", "trainer.schedule=cosine"],
      [["init=default", "seed=0"], ["init=lstm_forget_bias", "seed=1"]], 1e-12),
-], ids=["lenet", "mlp-nesterov-lsuv", "mlp-batchnorm", "mlp-batchnorm-adam", "lstm2-adam-cosine"])
+    (["model=cnn1d", "dataset=mnist1d", "optimizer=adam", "optimizer.lr=0.01"],
+     [["init=default", "seed=0"], ["init=kaiming", "seed=1"], ["init=delta_orthogonal", "seed=2"]], 1e-12),
+    (["model=resmlp", "model.depth=3", "model.width=16", "model.norm=layer", "model.branch_gate=scalar",
+      "model.branch_bias=true"], [["init=default", "seed=0"], ["init=kaiming", "seed=1"]], 1e-12),
+    (["model=resnet", "model.depth=8", "model.width=4"], [["init=default", "seed=0"], ["init=kaiming", "seed=1"]],
+     1e-12),
+    (["model=resnet", "model.depth=8", "model.width=4", "model.norm=none", "model.branch_gate=scalar",
+      "model.branch_bias=true", "optimizer=adam", "optimizer.lr=0.01"], [["init=default", "seed=0"]], 1e-12),
+    (["model=transformer", "model.depth=1", "model.width=16", "model.heads=2"],
+     [["init=default", "seed=0"], ["init=xavier", "seed=1"]], 1e-12),
+    (["model=transformer", "model.depth=1", "model.width=16", "model.norm_position=post", "model.tokens=rows",
+      "model.pool=mean", "optimizer=adam", "optimizer.lr=0.01"], [["init=default", "seed=0"]], 1e-10),
+], ids=["lenet", "mlp-tanh-critical-kumar-zero", "mlp-nesterov-lsuv", "mlp-batchnorm", "mlp-batchnorm-adam",
+        "mlp-mup-sgd-wd", "mlp-mup-adam-wd-cosine", "lstm2-adam-cosine", "cnn1d-mnist1d-adam",
+        "resmlp-layernorm-gate-bias", "resnet-batchnorm", "resnet-plain-gate-bias-adam", "transformer",
+        "transformer-post-rows-mean-adam"])
 def test_batched_training_equals_separate_fits(common, jobs, atol):
     for outcome in both_ways(jobs, common):
         assert_same_run(*outcome, params_atol=atol)

@@ -253,7 +253,8 @@ def broken_init_(tensor, generator=None):
 
 
 @pytest.mark.parametrize(("cfg", "says"), [
-    ({"name": "t", "rules": [{"scheme": "kaiming_normall"}]}, "unknown scheme 'kaiming_normall'; valid: constant"),
+    ({"name": "t", "rules": [{"scheme": "kaiming_normall"}]},
+     "unknown scheme 'kaiming_normall'; valid: .*, kaiming_normal, "),
     ({"name": "t", "rules": [{"scheme": "kaiming_normal", "args": {"nonlinearity": "rleu"}}]},
      "unknown nonlinearity 'rleu'; valid: linear"),
     ({"name": "t", "rules": [{"scheme": "xavier_normal", "args": {"nonlinearity": "swish"}}]},
@@ -292,3 +293,52 @@ def test_a_model_on_the_gpu_gets_the_same_weights_from_a_cpu_generator():
     for model in (cpu, cuda):
         policy_file("kaiming").apply(model, gen(3))
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu.parameters(), cuda.parameters(), strict=True))
+
+
+# --- policy parameters and model facts ------------------------------------------------------------------
+
+
+def fill_scaled(tensor, *, scale: float = 1.0, num_branches: int, generator=None):
+    """A scheme that reads a policy parameter (scale) and a model fact (num_branches): the value scale/L."""
+    return tensor.fill_(scale / num_branches)
+
+
+class TwoBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.ModuleDict({"branch": nn.Linear(3, 3)}) for _ in range(2))
+
+
+def scaled_policy(**params):
+    return build_policy({"name": "scaled", **params, "rules": [
+        {"where": {"param": "weight"}, "_target_": "tests.test_init_policy.fill_scaled"}]})
+
+
+def test_a_policy_parameter_and_a_model_fact_reach_the_scheme():
+    model = TwoBranches()
+    report = scaled_policy(scale=3.0).apply(model, gen())
+    assert all(torch.all(b["branch"].weight == 1.5) for b in model.blocks)  # 3.0 / 2 branches
+    assert "scale=3.0" in str(scaled_policy(scale=3.0)) and len(report) == 4
+
+
+def test_a_model_without_the_structure_a_scheme_needs_is_refused_untouched():
+    model, state = lenet(), snapshot(lenet())
+    with pytest.raises(InitError, match=r"needs residual branches \(modules named `branch`.*LeNet has none"):
+        scaled_policy().apply(model, gen())
+    assert_same(model, state)
+
+
+def test_a_parameter_no_scheme_reads_is_refused():
+    with pytest.raises(InitError, match=r"parameters \['sigma'\] are read by none"):
+        scaled_policy(sigma=2.0)
+    with pytest.raises(InitError, match=r"unknown keys \['scale'\]"):
+        scaled_policy(scale="big")
+
+
+def test_a_policy_says_what_a_model_it_cannot_apply_to_lacks():
+    gated = {"name": "gated", "requires": "a model built with model.branch_gate=scalar",
+             "rules": [{"where": {"module": "ScalarGate"}, "scheme": "zeros"}]}
+    with pytest.raises(InitError, match="policy 'gated' requires: a model built with model.branch_gate=scalar"):
+        build_policy(gated).apply(lenet(), gen())
+    with pytest.raises(InitError, match="`requires` is a sentence"):
+        build_policy({**gated, "requires": 3})

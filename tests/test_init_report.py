@@ -104,3 +104,78 @@ def test_expected_std_of_a_bias_with_one_constant_gate_is_its_std(policy, std):
         measured = getattr(lstm, name).std(unbiased=False).item()  # the population std of the tensor
         assert report.loc[name, "expected_std"] == pytest.approx(measured)
         assert measured == pytest.approx(std)
+
+
+class UsersEncoder(nn.Module):
+    """A user's model around torch's own transformer layer, which builds an nn.MultiheadAttention."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(12, 64)
+        self.layer = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True)
+        self.head = nn.Linear(64, 10)
+
+
+def claimed(model: nn.Module) -> pd.DataFrame:
+    """The default report's rows that claim a std, with each tensor's size."""
+    frame = default_report(model).frame
+    frame["numel"] = [p.numel() for _, p in model.named_parameters()]
+    return frame.set_index("param")
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.MultiheadAttention(64, 4),
+    UsersEncoder,
+    lambda: nn.Transformer(64, 4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=128),
+    lambda: __import__("torchvision").models.resnet18(num_classes=10),
+    lambda: __import__("torchvision").models.resnet18(num_classes=10, zero_init_residual=True),
+], ids=["MultiheadAttention", "users-TransformerEncoderLayer", "Transformer-xavier", "resnet18", "resnet18-zero-res"])
+def test_default_report_never_claims_a_std_the_model_changed(build):
+    """Models that re-init their layers in their constructor: expected_std is right (within 20% of the
+    measured std on more than 100 entries, exact for constants) or empty."""
+    torch.manual_seed(0)
+    frame = claimed(build())
+    known = frame[frame["expected_std"].notna()]
+    drawn = known[(known["expected_std"] > 0) & (known["numel"] > 100)]
+    assert len(drawn) > 0 and (drawn["std"] / drawn["expected_std"] - 1).abs().max() <= 0.2
+    constants = known[known["expected_std"] == 0]
+    assert (constants["min"] == constants["max"]).all()
+
+
+def test_default_report_leaves_empty_what_was_re_initialized_and_keeps_what_was_not():
+    torch.manual_seed(0)
+    mha = claimed(nn.MultiheadAttention(64, 4))
+    # in_proj_weight (MHA's xavier_uniform_), in_proj_bias and out_proj.bias (zeroed); out_proj.weight is torch's
+    assert mha["expected_std"].isna().tolist() == [True, True, False, True]
+    assert mha.loc["out_proj.weight", "expected_std"] == pytest.approx(1 / math.sqrt(3 * 64))
+    encoder = claimed(UsersEncoder())
+    assert encoder.loc[["embed.weight", "layer.linear1.weight", "layer.linear2.bias", "layer.norm1.weight"],
+                       "expected_std"].notna().all()
+    assert pd.isna(encoder.loc["layer.self_attn.out_proj.bias", "expected_std"])  # zeroed by MHA
+    resnet = claimed(__import__("torchvision").models.resnet18(num_classes=10))
+    convs = resnet[resnet.index.str.contains("conv|downsample.0")]
+    assert convs["expected_std"].isna().all()  # kaiming_normal(fan_out): outside U(+-1/sqrt(fan_in))
+    assert resnet.loc[["bn1.weight", "layer1.0.bn2.bias", "fc.weight", "fc.bias"], "expected_std"].notna().all()
+    xavier = claimed(nn.Transformer(64, 4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=128))
+    weights = xavier[xavier.index.str.contains(r"linear\d\.weight")]
+    assert len(weights) == 4 and weights["expected_std"].isna().all()
+
+
+class Rescaled(nn.Linear):
+    """A Linear whose own reset_parameters is not torch's."""
+
+    def reset_parameters(self):
+        nn.init.uniform_(self.weight, -0.5, 0.5)
+        nn.init.zeros_(self.bias)
+
+
+def test_default_claims_survive_many_fresh_layers_and_skip_an_overridden_reset():
+    """A layer as torch builds it passes the check (its false alarm rate is about 1e-5 per tensor)."""
+    torch.manual_seed(0)
+    layers = nn.Sequential(*[nn.Linear(20, 30) for _ in range(100)], nn.Embedding(50, 8, padding_idx=0),
+                           nn.LSTM(6, 12), nn.LayerNorm(5), nn.Conv2d(3, 4, 1))
+    frame = default_report(layers).frame
+    assert frame["expected_std"].notna().all()
+    embedding = frame[frame["param"] == "100.weight"].iloc[0]
+    assert embedding["expected_std"] == pytest.approx(math.sqrt(49 / 50))  # the padding row is 0
+    assert default_report(Rescaled(400, 300)).frame["expected_std"].isna().all()

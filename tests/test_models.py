@@ -3,7 +3,7 @@ import torch
 from hydra.errors import InstantiationException
 from torch import nn
 
-from initbench.models import DataShape, build_model
+from initbench.models import FAMILIES, DataShape, build_model
 
 
 def test_lenet_is_the_docs_net_for_cifar_shapes():
@@ -34,8 +34,26 @@ def test_mlp_depth_30_with_every_activation(activation):
 
 
 def test_mlp_unknown_activation_lists_valid_ones():
-    with pytest.raises(ValueError, match="'swish'.*gelu, leaky_relu, relu, selu, sigmoid, tanh"):
+    with pytest.raises(ValueError, match="'swish'.*gelu, leaky_relu, linear, relu, selu, sigmoid, tanh"):
         build_model({"name": "mlp", "activation": "swish"}, DataShape(1, 8, 8, 10))
+
+
+def test_linear_mlp_is_a_linear_map():
+    """activation=linear (Saxe et al. 2014's deep linear net): f(a x + b y) = a f(x) + b f(y) once the
+    biases are 0, and the whole net equals the product of its weight matrices."""
+    torch.manual_seed(0)
+    model = build_model({"name": "mlp", "depth": 5, "width": 16, "activation": "linear"},
+                        DataShape(1, 4, 4, 3)).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.bias.zero_()
+    x, y = torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.randn(6, 1, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(model(2 * x - 3 * y), 2 * model(x) - 3 * model(y))
+    product = torch.eye(16, dtype=torch.float64)
+    for m in [m for m in model.modules() if isinstance(m, nn.Linear)]:
+        product = m.weight @ product
+    torch.testing.assert_close(model(x), x.flatten(1) @ product.T)
 
 
 def test_lstm_reads_rows_as_a_sequence():
@@ -64,8 +82,8 @@ def test_user_model_through_target():
 
 
 def test_unknown_model_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown model 'resnet'; valid: lenet, lstm, mlp"):
-        build_model({"name": "resnet"}, DataShape(1, 8, 8, 10))
+    with pytest.raises(ValueError, match=f"unknown model 'vgg'; valid: {', '.join(sorted(FAMILIES))}, or "):
+        build_model({"name": "vgg"}, DataShape(1, 8, 8, 10))
 
 
 @pytest.mark.parametrize("target,args", [

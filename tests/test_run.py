@@ -100,8 +100,10 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "boom: ExplodingNet was told to fail" in failed.data.tags["initbench.error"]
 
 
-@pytest.mark.parametrize("override,valid", [("model=resnet", ["lenet", "lstm", "mlp"]),
-                                            ("dataset=imagenet", ["cifar10", "digits", "fashion_mnist", "mnist"])])
+@pytest.mark.parametrize("override,valid", [
+    ("model=vgg", ["cnn1d", "lenet", "lstm", "mlp", "resmlp", "resnet", "transformer"]),
+    ("dataset=imagenet", ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d"]),
+])
 def test_unknown_group_option_lists_valid_ones(tmp_path, override, valid):
     done = cli(override, cwd=tmp_path)
     group, bad = override.split("=")

@@ -5,10 +5,12 @@
     print(result.markdown)
 
 load (MLflow -> pandas) -> stats (per run, then per group over seeds; selection on validation, BCa
-CIs, comparisons with Holm's correction) -> grid (--tune, --heatmap) -> report (markdown, files, the
-sweep's parent run in MLflow) and plots (PNG).
+CIs, comparisons with Holm's correction) and vitals (per-layer activation std and dead units through
+training, the Jacobian at init) -> grid (--tune, --heatmap) -> report (markdown, files, the sweep's
+parent run in MLflow) and plots (PNG).
 """
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +20,33 @@ from mlflow.exceptions import MlflowException
 
 from .grid import HEATMAP_MEASURES, PERCENT, NoValidation, heatmap, tune
 from .load import HISTORY_KEYS, NoRuns, SweepRuns, load_sweep, parameter_order
-from .plots import plot_curves, plot_grad_norms, plot_heatmap
-from .report import heatmap_markdown, log_to_sweep_run, markdown_table, root_cause, tune_markdown, write_outputs
+from .plots import plot_curves, plot_grad_norms, plot_heatmap, plot_layer_vitals
+from .report import (
+    heatmap_markdown,
+    log_to_sweep_run,
+    markdown_table,
+    root_cause,
+    tune_markdown,
+    vitals_markdown,
+    write_outputs,
+)
 from .stats import VAL, UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
+from .vitals import KINDS, group_layer_vitals, group_vitals, layer_vitals, run_vitals, without_vitals
 
 __all__ = ["Analysis", "HEATMAP_MEASURES", "NoRuns", "NoValidation", "SweepRuns", "UnknownGroupKey", "analyze",
            "load_sweep", "per_run", "summarize"]
 
 DEFAULT_GROUP_BY = ("model", "dataset", "init")
 DEFAULT_LOSS_THRESHOLD = 0.5
+VITALS_LABELS = {"act_std": ("activation std", True), "dead_frac": ("fraction of dead units", False)}  # (y, log?)
 
 
 @dataclass
 class Analysis:
     """What analyze() computed and wrote: `runs` one row per run, `summary` one row per group (ranked),
-    `grad_norms` per group and parameter, the markdown (the table, then the --tune and --heatmap
-    sections), the files and the sweep's parent run id, or `log_error`: why the analysis could not be
+    `grad_norms` per group and parameter, `vitals` per group, kind (act_std, dead_frac), layer and epoch
+    (the data of act_std.png and dead_frac.png), the markdown (the table, the vitals, then the --tune and
+    --heatmap sections), the files and the sweep's parent run id, or `log_error`: why the analysis could not be
     logged to it. With tune: `tune` (one row per group) and `tune_grid` (per group and value); with
     heatmap: `heatmap` (one row per cell) and the `measure` it shows."""
 
@@ -41,6 +54,7 @@ class Analysis:
     runs: pd.DataFrame
     summary: pd.DataFrame
     grad_norms: pd.DataFrame
+    vitals: pd.DataFrame
     markdown: str
     files: list[Path] = field(default_factory=list)
     sweep_run_id: str | None = None
@@ -77,15 +91,22 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     keys = list(dict.fromkeys([*group_by, *([tune_key] if tune_key else [])]))
     axes = tuple(heatmap_keys) if heatmap_keys else ()
     runs = per_run(data, list(dict.fromkeys([*keys, *axes])), loss_threshold)
-    grads = first_epoch_grad_norms(data, lambda run_id: parameter_order(data.uri, run_id))
+    report_of = functools.cache(lambda run_id: parameter_order(data.uri, run_id))  # one download per run
+    grads = first_epoch_grad_norms(data, report_of)
+    layers = layer_vitals(data, report_of)
+    runs = runs.merge(run_vitals(data, layers), on="run_id", how="left")
     summary = summarize(runs, grads, keys, baseline)
+    summary = summary.merge(group_vitals(runs, keys), on=keys, how="left")
     grad_table = group_grad_norms(runs, grads, keys)
+    vitals = group_layer_vitals(runs, layers, keys)
+    kinds = [k for k in KINDS if (vitals.kind == k).any()]
     title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in "
              f"{len(summary)} groups")
     superseded = [f"{r.run_name} ({r.status})" for r in data.superseded.itertuples()]
-    sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded)]
-    extra, heatmaps = {}, []
-    result = Analysis(data, runs, summary, grad_table, "")
+    sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded),
+                vitals_markdown(summary, keys, kinds, without_vitals(runs, layers))]
+    extra, heatmaps = ({"vitals.csv": vitals} if len(vitals) else {}), []
+    result = Analysis(data, runs, summary, grad_table, vitals, "")
     if tune_key:
         groups = [k for k in keys if k != tune_key]
         result.tune, result.tune_grid, left_out = tune(runs, groups, tune_key, baseline)
@@ -94,7 +115,8 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
         varying = [k for k in groups if result.tune_grid[k].astype(str).nunique() > 1] or groups[-1:]
         label = (result.tune_grid[varying].astype(str).agg(" ".join, axis=1) if varying
                  else pd.Series("all", index=result.tune_grid.index))
-        heatmaps.append((result.tune_grid.assign(group=label), [], " ".join(varying) or "group", tune_key,
+        row = " ".join(varying) or "group"  # the label's column: two varying keys (init, depth) name one row each
+        heatmaps.append((result.tune_grid.assign(**{row: label}), [], row, tune_key,
                          f"{VAL}_mean", f"{VAL}_n", "tune.png",
                          f"mean best validation accuracy % per {tune_key}; n runs per cell; ★ the chosen value",
                          True, "chosen"))
@@ -116,6 +138,9 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     if (curves.key == "val/acc").any():
         files.append(plot_curves(runs, curves, keys, "val/acc", out / "val_acc.png", per_epoch=True))
     files.append(plot_grad_norms(grad_table, keys, out / "grad_norms.png"))
+    for kind in kinds:
+        label, log = VITALS_LABELS[kind]
+        files.append(plot_layer_vitals(vitals[vitals.kind == kind], keys, out / f"{kind}.png", label, log))
     for grid, panels, rows, columns, value, n, name, caption, percent, marked in heatmaps:
         files.append(plot_heatmap(grid, panels, rows, columns, value, n, out / name, caption, percent, marked))
     result.files = files

@@ -15,6 +15,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ..metric_keys import metric_name
 from ..store import clean_uri, open_client, resolve_uri, sqlite_path
 from ..tracking import PARENT_TAG
 
@@ -28,6 +29,10 @@ VAL_KEYS = ("val/loss", "val/acc")
 HISTORY_KEYS = ("train/loss", "train/acc", *VAL_KEYS, "test/loss", "test/acc")
 # First-epoch gradient norms: vitals/grad_norm/<param>, or grad_norm/<param> in runs logged before 2026-11.
 GRAD_PREFIXES = ("vitals/grad_norm/", "grad_norm/")
+# Per-layer activation std and dead-unit fraction, at init and each epoch's end; runs logged before 2026-11
+# have act_std/<layer> at init only. Not backprop_std or the Jacobian: one point each (step 0), so the
+# runs table's last value is the whole history.
+VITALS_PREFIXES = ("vitals/act_std/", "vitals/dead_frac/", "act_std/")
 # An MLflow run status -> ours, for runs that lack the initbench.status tag.
 FROM_MLFLOW = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
 
@@ -129,12 +134,14 @@ def latest_per_config(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fetch_histories(client: MlflowClient, runs: pd.DataFrame, uri: str) -> pd.DataFrame:
-    """Every history (HISTORY_KEYS and the gradient norms, GRAD_PREFIXES) of every run: one row per point.
+    """Every history (HISTORY_KEYS, the gradient norms and the per-layer vitals: GRAD_PREFIXES,
+    VITALS_PREFIXES) of every run: one row per point.
 
     The public client fetches one (run, metric) history per call; against a tracking server these
     calls are latency-bound and go out 8 at a time, against a local store serially (faster there)."""
+    prefixes = GRAD_PREFIXES + VITALS_PREFIXES
     wanted = [c for c in runs.columns
-              if c.startswith("metrics.") and (c[8:] in HISTORY_KEYS or c[8:].startswith(GRAD_PREFIXES))]
+              if c.startswith("metrics.") and (c[8:] in HISTORY_KEYS or c[8:].startswith(prefixes))]
     pairs = [(run_id, col[8:]) for col in wanted
              for run_id in runs.loc[runs[col].notna(), "run_id"]]
 
@@ -176,7 +183,8 @@ def load_sweep(uri: str, experiment: str, sweep: str | None = None) -> SweepRuns
 
 
 def parameter_order(uri: str, run_id: str) -> pd.DataFrame | None:
-    """The run's init_report.csv (param, shape, ... in model order), or None where it has none."""
+    """The run's init_report.csv (param, shape, ... in model order), or None where it has none; `param` as
+    the metric keys write it (metric_name)."""
     client = MlflowClient(uri)
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no progress bar for one small file
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
@@ -185,4 +193,6 @@ def parameter_order(uri: str, run_id: str) -> pd.DataFrame | None:
         except (MlflowException, OSError):
             return None
         report = pd.read_csv(path, dtype={"param": str, "shape": str})
-    return report if {"param", "shape"} <= set(report.columns) else None
+    if not {"param", "shape"} <= set(report.columns):
+        return None
+    return report.assign(param=report.param.astype(str).map(metric_name))

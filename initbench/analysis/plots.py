@@ -181,3 +181,51 @@ def _ink(cmap, v: float, low: float, high: float) -> str:
         return "black"
     r, g, b, _ = cmap((v - low) / (high - low))
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def shown_epochs(epochs) -> list[int]:
+    """Init (0, or the first epoch logged), the middle one and the last, without repeats."""
+    epochs = sorted(set(int(e) for e in epochs))
+    first, last = epochs[0], epochs[-1]
+    middle = min(epochs[1:-1], key=lambda e: abs(e - (first + last) / 2), default=None)
+    return [e for e in (first, middle, last) if e is not None]
+
+
+def plot_layer_vitals(table: pd.DataFrame, group_keys: list[str], path: Path, label: str,
+                      log_if_decades: bool = True) -> Path:
+    """One panel per group (3 to a row, one y scale): per layer in model order (x), the mean over seeds with
+    a min-max band at init, a middle epoch and the last (shown_epochs), from group_layer_vitals' rows of
+    one kind. A log y where `log_if_decades` and the positive means span a factor 10 or more."""
+    groups = list(table.groupby(group_keys, sort=True, dropna=False))
+    varying = [k for k in group_keys if table[k].astype(str).nunique() > 1]
+    same = ", ".join(f"{k}={table[k].iloc[0]}" for k in group_keys if k not in varying)
+    positive = table["mean"][table["mean"] > 0]
+    log = log_if_decades and len(positive) > 0 and positive.max() >= 10 * positive.min()
+    per_row, n_rows = min(len(groups), 3), math.ceil(len(groups) / 3)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(6.5 * per_row, 4.2 * n_rows), squeeze=False, sharey=True)
+    for ax, (key, panel) in zip(axes.flat, groups, strict=False):
+        key = key if isinstance(key, tuple) else (key,)
+        layers = panel.sort_values("position").drop_duplicates("layer")
+        x_of = {layer: i for i, layer in enumerate(layers.layer)}
+        epochs = shown_epochs(panel.epoch)
+        colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(epochs)))
+        for epoch, color in zip(epochs, colors, strict=True):
+            rows = panel[panel.epoch == epoch].sort_values("position")
+            x = rows.layer.map(x_of)
+            name = "init" if epoch == 0 else f"epoch {epoch}" + (" (last)" if epoch == epochs[-1] else "")
+            zeros = int((rows["mean"] <= 0).sum()) if log else 0
+            name += f" (n={rows.n.max()})" + (f" ({zeros} of {len(rows)} layers 0: off the log scale)" if zeros else "")
+            ax.plot(x, rows["mean"], marker="o", markersize=3, color=color, label=name)
+            ax.fill_between(x, rows["min"], rows["max"], color=color, alpha=0.2, linewidth=0)
+        ax.set_xticks(range(len(x_of)), list(x_of), rotation=60, ha="right", fontsize=7)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(group_keys, key, strict=True) if k in varying), fontsize=9)
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fig.suptitle(f"{label} per layer (model order), mean over seeds, band min to max" + (f" ({same})" if same else ""),
+                 fontsize=10)
+    return _save(fig, path)

@@ -11,6 +11,7 @@ from mlflow.entities import RunTag
 from ..tracking import Tracker
 from .grid import HEATMAP_MEASURES, PERCENT, ordered
 from .stats import CI_LEVEL, CI_SEED, FINAL, RESAMPLES, SELECTED, VAL
+from .vitals import RUN_MEASURES
 
 MAX_NOTE = 5000  # characters of the table kept as the parent run's description (a tag value)
 NO_VAL = ("no validation split (no val/* metrics: runs logged before initbench had one, or with "
@@ -28,7 +29,7 @@ def _n(n: int, of: int) -> str:
     return f" (n={int(n)})" if 0 < n < of else ""
 
 
-def _loss(mean: float, std: float) -> str:
+def _value(mean: float, std: float) -> str:
     if pd.isna(mean):
         return "—"
     return f"{mean:.4g}" + ("" if pd.isna(std) else f" ± {std:.2g}")
@@ -118,7 +119,7 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
         accuracy = [pct(VAL), pct(SELECTED) + mark, ci, pct(FINAL)] if measure == SELECTED else [pct(FINAL) + mark, ci]
         cells = [str(rank), *(str(row[k]) for k in varying), str(row.n_runs),
                  *(str(row[f"n_{c}"]) for c in counts), *accuracy,
-                 _loss(row.final_train_loss_mean, row.final_train_loss_std),
+                 _value(row.final_train_loss_mean, row.final_train_loss_std),
                  _steps(row.steps_to_loss_median, row.n_reached_loss, row.n_used),
                  _number(row.grad_norm_ratio, ".3g")] + (_comparison_cells(row) if has_p else [])
         lines.append("| " + " | ".join(cells) + " |")
@@ -246,6 +247,47 @@ def heatmap_markdown(grid: pd.DataFrame, panels: list[str], axes: tuple[str, str
     notes = ["Diverged, failed and killed runs are counted, not averaged in; a cell where no run could be "
              "averaged says why (diverged (k): all k runs diverged). Files: " + files + "."]
     return "\n\n".join([title, *[p for p in parts if p], *notes]) + "\n"
+
+
+NO_VITALS = ("No vitals: no run of this selection logged vitals/act_std, vitals/dead_frac or vitals/jacobian "
+             "(runs logged before initbench measured them), so there is no vitals table, act_std.png or dead_frac.png.")
+
+
+def vitals_markdown(summary: pd.DataFrame, group_keys: list[str], kinds: list[str], without: int) -> str:
+    """The vitals table, per group in the summary's (ranked) order: the Jacobian's sv_mean and sv_max at
+    init and the deepest ReLU layer's dead units at init and at the last epoch (vitals.group_vitals'
+    columns), with a note on the figures of `kinds` (act_std, dead_frac) written or not; `without`:
+    averaged runs that logged no vitals. One line (NO_VITALS) where no run has any."""
+    if not kinds and not summary[[f"{m}_n" for m in RUN_MEASURES]].fillna(0).to_numpy().any():
+        return NO_VITALS + "\n"
+    varying, same = _varying(summary, group_keys)
+    header = [*varying, "n", "Jacobian sv_mean", "sv_max", "deepest ReLU layer", "dead at init %",
+              "dead at last epoch %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("--:" if h == "n" else "---" for h in header) + "|"]
+    for _, row in summary.iterrows():
+        def cell(name: str, pct: bool = False, row=row) -> str:
+            text = (_pct if pct else _value)(row[f"{name}_mean"], row[f"{name}_std"])
+            return text + _n(row[f"{name}_n"], row.n_used) if text != "—" else text
+
+        cells = [*(str(row[k]) for k in varying), str(row.n_used), cell("sv_mean"), cell("sv_max"),
+                 row.dead_frac_layer if isinstance(row.dead_frac_layer, str) and row.dead_frac_layer else "—",
+                 cell("dead_frac_init", True), cell("dead_frac_last", True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    title = "**Vitals**: mean ± std over the averaged runs (n; a number over fewer of them says its own)"
+    notes = ["Jacobian sv_mean, sv_max: the mean and the largest singular value of the input-output Jacobian "
+             "(d logits / d input) at init, on up to 8 examples of the probe batch (the first "
+             "trainer.batch_size training examples); dynamical isometry wants both near 1.",
+             "dead: the fraction of the units of the deepest layer a ReLU reads that are 0 for every example of the "
+             "probe batch, at init and at the end of the last epoch."]
+    figures = [f"{kind}.png" for kind in kinds]
+    notes.append(f"Per layer, at init and after epochs: {', '.join(figures)} (the numbers: vitals.csv)." if figures
+                 else "No per-layer figures: no run logged vitals/act_std or vitals/dead_frac.")
+    if "dead_frac" not in kinds and figures:
+        notes.append("No dead_frac.png: no run logged vitals/dead_frac (no ReLU reads any of their layers).")
+    if without:
+        notes.append(f"Left out: {without} averaged run(s) that logged no vitals (logged before initbench "
+                     "measured them).")
+    return "\n\n".join([_caption(title, same), "\n".join(lines), *notes]) + "\n"
 
 
 def write_outputs(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame,

@@ -2,6 +2,8 @@
 
 The updates are torch.optim's single-tensor code op for op, with the per-model learning rate as a
 (K,) tensor instead of a Python float, so float64 results match separate torch.optim runs to rounding.
+Each model may scale the lr, weight decay and eps of each parameter (an init policy's factors, as
+initbench.train.build_optimizer applies them to torch.optim's parameter groups): (K,) factors per parameter.
 Everything that depends on the step number alone (the schedule's lr, Adam's bias corrections) is
 computed beforehand on the host in double precision, as torch.optim does, into per-step tables.
 """
@@ -22,6 +24,9 @@ _SUPPORTED = {
     torch.optim.Adam: {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"},
     torch.optim.AdamW: {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay"},
 }
+# The options a per-parameter factor may scale.
+_SCALABLE = {torch.optim.SGD: ("lr", "weight_decay"), torch.optim.Adam: ("lr", "weight_decay", "eps"),
+             torch.optim.AdamW: ("lr", "weight_decay", "eps")}
 
 
 def optimizer_spec(cfg: DictConfig | dict) -> tuple[type, dict]:
@@ -72,9 +77,13 @@ class StackedOptimizer:
     options: dict
     tables: dict[str, torch.Tensor]  # name -> (total_steps, K) or (total_steps,)
     state: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # parameter -> {"lr": factor, "weight_decay": value, "eps": value, "lr_wd": lr factor * weight decay}, (K,)
+    scaled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, cfg, lrs: list[float], schedule: str, total_steps: int, device, dtype) -> "StackedOptimizer":
+    def build(cls, cfg, lrs: list[float], schedule: str, total_steps: int, device, dtype,
+              scales: list | None = None) -> "StackedOptimizer":
+        """scales[k]: model k's {parameter: {option: factor}} (None or {}: none scaled)."""
         kind, options = optimizer_spec(cfg)
         lr = lr_table(lrs, schedule, total_steps)
         tables = {"lr": lr}
@@ -86,7 +95,7 @@ class StackedOptimizer:
             tables["bc2_sqrt"] = [(1 - beta2 ** float(t + 1)) ** 0.5 for t in range(total_steps)]
             tables["decay"] = [[1 - r * wd for r in row] for row in lr]
         as_tensors = {k: torch.tensor(v, dtype=dtype, device=device) for k, v in tables.items()}
-        return cls(kind, options, as_tensors)
+        return cls(kind, options, as_tensors, scaled=_scaled(kind, options, scales or [], device, dtype))
 
     def coefficients(self, step: int) -> dict[str, torch.Tensor]:
         return {k: v[step] for k, v in self.tables.items()}
@@ -101,12 +110,22 @@ class StackedOptimizer:
     def _per_model(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t.view(-1, *[1] * (like.dim() - 1))
 
+    def _decay(self, name: str, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The gradient plus the coupled weight decay (as a per-model tensor where a factor scales it)."""
+        wd = self.scaled.get(name, {}).get("weight_decay")
+        if wd is not None:
+            return g.add(p * self._per_model(wd, p))
+        return g.add(p, alpha=self.options["weight_decay"]) if self.options["weight_decay"] != 0 else g
+
+    def _lr(self, name: str, lr: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        factor = self.scaled.get(name, {}).get("lr")
+        return self._per_model(lr if factor is None else lr * factor, like)
+
     def _sgd(self, params, grads, coef) -> None:
         o = self.options
         for name, p in params.items():
             g = grads[name] if not o["maximize"] else -grads[name]
-            if o["weight_decay"] != 0:
-                g = g.add(p, alpha=o["weight_decay"])
+            g = self._decay(name, p, g)
             if o["momentum"] != 0:
                 state = self.state.setdefault(name, {})
                 if "momentum_buffer" not in state:
@@ -115,7 +134,7 @@ class StackedOptimizer:
                     buf = state["momentum_buffer"]
                     buf.mul_(o["momentum"]).add_(g, alpha=1 - o["dampening"])
                 g = g.add(buf, alpha=o["momentum"]) if o["nesterov"] else buf
-            p.sub_(g * self._per_model(coef["lr"], p))
+            p.sub_(g * self._lr(name, coef["lr"], p))
 
     def _adam(self, params, grads, coef) -> None:
         o = self.options
@@ -127,17 +146,45 @@ class StackedOptimizer:
                 state = self.state[name] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
                 if o["amsgrad"]:
                     state["max_exp_avg_sq"] = torch.zeros_like(p)
+            scaled = self.scaled.get(name, {})
             if o["weight_decay"] != 0:
                 if o["decoupled_weight_decay"]:
-                    p.mul_(self._per_model(coef["decay"], p))
+                    decay = coef["decay"] if "lr_wd" not in scaled else 1 - coef["lr"] * scaled["lr_wd"]
+                    p.mul_(self._per_model(decay, p))
                 else:
-                    g = g.add(p, alpha=o["weight_decay"])
+                    g = self._decay(name, p, g)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             exp_avg.lerp_(g, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            eps = self._per_model(scaled["eps"], p) if "eps" in scaled else o["eps"]
             if o["amsgrad"]:
                 torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-                denom = (state["max_exp_avg_sq"].sqrt() / coef["bc2_sqrt"]).add_(o["eps"])
+                denom = (state["max_exp_avg_sq"].sqrt() / coef["bc2_sqrt"]).add_(eps)
             else:
-                denom = (exp_avg_sq.sqrt() / coef["bc2_sqrt"]).add_(o["eps"])
-            p.sub_(exp_avg / denom * self._per_model(coef["step_size"], p))
+                denom = (exp_avg_sq.sqrt() / coef["bc2_sqrt"]).add_(eps)
+            p.sub_(exp_avg / denom * self._lr(name, coef["step_size"], p))
+
+
+def _scaled(kind: type, options: dict, scales: list, device, dtype) -> dict[str, dict[str, torch.Tensor]]:
+    """StackedOptimizer.scaled from each model's {parameter: {option: factor}}: per scaled parameter, the lr
+    factor, the weight decay and eps as values, and lr factor * weight decay (decoupled decay), each (K,),
+    1 (the option as configured) for the models that do not scale it. Unbatchable for other options."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name in dict.fromkeys(n for per_model in scales for n in (per_model or {})):
+        factors = [dict((per_model or {}).get(name, {})) for per_model in scales]
+        unknown = sorted({opt for f in factors for opt in f} - set(_SCALABLE[kind]))
+        if unknown:
+            raise Unbatchable(f"{name}: per-parameter factors on {unknown} of {kind.__name__} are not supported in "
+                              f"batched mode; scalable: {', '.join(_SCALABLE[kind])}")
+
+        def column(option, f=factors):
+            return torch.tensor([x.get(option, 1.0) for x in f], dtype=torch.float64)
+
+        values = {"lr": column("lr")}
+        if options["weight_decay"] != 0 and any("weight_decay" in f for f in factors):
+            values["weight_decay"] = column("weight_decay") * options["weight_decay"]
+            values["lr_wd"] = values["lr"] * values["weight_decay"]
+        if any("eps" in f for f in factors):
+            values["eps"] = column("eps") * options["eps"]
+        out[name] = {k: v.to(device=device, dtype=dtype) for k, v in values.items()}
+    return out

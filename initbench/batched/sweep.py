@@ -68,14 +68,16 @@ def group_jobs(cfgs: list[DictConfig]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _probe_batch(models, data, trainer, optimizer, timed_steps: int) -> tuple[float, int]:
-    """One eager warm-up step of the batched trainer on copies of `models` (it raises if they cannot
-    train together), then `timed_steps` more: (seconds per model-step, peak CUDA bytes per model)."""
+def _probe_batch(models, data, trainer, optimizer, timed_steps: int, scales=None) -> tuple[float, int]:
+    """One eager warm-up step of the batched trainer on copies of `models` (with their optimizer `scales`;
+    it raises if they cannot train together), then `timed_steps` more: (seconds per model-step, peak CUDA
+    bytes per model)."""
     device = data.train_x.device
     k, batch = len(models), trainer.batch_size
     template, params, buffers = stack_models([copy.deepcopy(m) for m in models], device)
     lrs = [float(OmegaConf.select(optimizer, "lr"))] * k
-    opt = StackedOptimizer.build(optimizer, lrs, "constant", 1 + timed_steps, device, params[next(iter(params))].dtype)
+    opt = StackedOptimizer.build(optimizer, lrs, "constant", 1 + timed_steps, device, params[next(iter(params))].dtype,
+                                 scales=scales)
     steps = BatchedSteps(template, param_names(models[0]), opt, device, autocast_dtype(trainer))
     if device.type == "cuda":  # the peak counts the models' batches, gradients, activations and optimizer state
         torch.cuda.synchronize(device)
@@ -133,7 +135,8 @@ def plan(jobs: list[Prepared], cfg: DictConfig, mode: str, max_models: int,
         return 1
     k = min(len(jobs), max_models, 8 if device.type != "cuda" else 4)
     try:
-        seconds, peak = _probe_batch(models[:k], data, cfg.trainer, cfg.optimizer, 2 if device.type != "cuda" else 0)
+        seconds, peak = _probe_batch(models[:k], data, cfg.trainer, cfg.optimizer, 2 if device.type != "cuda" else 0,
+                                     scales=[job.scales for job in jobs[:k]])
     except Exception as err:  # Unbatchable, or an op vmap lacks: fit() trains these one by one
         say(f"sequential: these models cannot train together ({type(err).__name__}: {err})")
         return 1
@@ -186,7 +189,7 @@ def _run_chunk(cfgs: list[DictConfig], jobs: list[Prepared], trackers: list[Trac
     try:
         results = fit_batched([jobs[i].model for i in live], jobs[live[0]].data, cfg0.trainer, cfg0.optimizer,
                               [cfgs[i].seed for i in live], logs=[log_to(i) for i in live],
-                              lrs=[float(cfgs[i].optimizer.lr) for i in live],
+                              lrs=[float(cfgs[i].optimizer.lr) for i in live], scales=[jobs[i].scales for i in live],
                               compile=compile, compile_mode=compile_mode) if live else []
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM in a sweep: every open run ends killed
         for i in live:

@@ -17,10 +17,11 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..diagnostics import GRAD_NORM, epoch_points, init_points
+from ..diagnostics import epoch_points, init_points, vitals_key
 from ..train import (
     FitResult,
     LogFn,
+    Scales,
     autocast_dtype,
     epoch_results,
     evaluated_splits,
@@ -57,8 +58,9 @@ class BatchedSteps:
 
     def _step(self, params, buffers, x, y, coef, with_norms: bool):
         grads, (loss, logits) = self._grads(params, buffers, x, y)
-        norms = torch.stack([torch.linalg.vector_norm(grads[n].flatten(1), dim=1) for n in self.names]) \
-            if with_norms else None
+        # reshape, not flatten(1): a scalar parameter (a residual gate) has stacked grads of shape (K,)
+        norms = torch.stack([torch.linalg.vector_norm(grads[n].reshape(len(grads[n]), -1), dim=1)
+                             for n in self.names]) if with_norms else None
         self.optimizer.update(params, grads, coef)
         return loss, (logits.argmax(-1) == y).sum(-1), norms
 
@@ -123,18 +125,20 @@ def _first_non_finite(values: list[float]) -> int | None:
 @in_float32_math
 def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, seeds: Sequence[int],
                 logs: Sequence[LogFn | None] | None = None, lrs: Sequence[float] | None = None, *,
-                compile: bool | str = "auto", compile_mode: str | None = None) -> list[FitResult]:
+                compile: bool | str = "auto", compile_mode: str | None = None,
+                scales: Sequence[Scales | None] | None = None) -> list[FitResult]:
     """Train `models` (one architecture, any inits) together; what fit() does for each, at once.
 
-    seeds[k] orders model k's data; lrs[k] (default: optimizer.lr) is its learning rate; logs[k]
+    seeds[k] orders model k's data; lrs[k] (default: optimizer.lr) is its learning rate; scales[k] its
+    per-parameter factors on the optimizer's options (fit()'s `scales`); logs[k]
     receives its metric points exactly as fit()'s `log` would. The trained state is copied back into
     each model (on the data's device). compile: "auto" (on CUDA), True or False; a step torch.compile
     cannot handle runs eagerly. trainer.precision (optional key) is fit()'s: float32, tf32 or bf16.
     Unbatchable is raised before anything is logged when the models cannot be trained together.
     """
     k = len(models)
-    if len(seeds) != k or (logs is not None and len(logs) != k) or (lrs is not None and len(lrs) != k):
-        raise ValueError(f"fit_batched: {k} models need as many seeds, logs and lrs")
+    if len(seeds) != k or any(given is not None and len(given) != k for given in (logs, lrs, scales)):
+        raise ValueError(f"fit_batched: {k} models need as many seeds, logs, lrs and scales")
     logs = [log or (lambda points: None) for log in (logs or [None] * k)]
     device = data.train_x.device
     _, options = optimizer_spec(optimizer)
@@ -145,8 +149,9 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
     autocast = autocast_dtype(trainer)
     template, params, buffers = stack_models(list(models), device)
     names = param_names(models[0])
+    grad_keys = [vitals_key("grad_norm", name) for name in names]
     dtype = params[names[0]].dtype
-    opt = StackedOptimizer.build(optimizer, lrs, trainer.schedule, total_steps, device, dtype)
+    opt = StackedOptimizer.build(optimizer, lrs, trainer.schedule, total_steps, device, dtype, scales=scales)
     steps = BatchedSteps(template, names, opt, device, autocast,
                          compile=device.type == "cuda" if compile == "auto" else bool(compile),
                          compile_mode=compile_mode)
@@ -188,8 +193,8 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
             kept = step_losses[j] if bad is None else step_losses[j][:bad]
             pts = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
             if first_epoch:
-                pts += [(f"{GRAD_NORM}{name}", v, i + 1) for i, row in enumerate(norms_of[j][:len(kept)])
-                        for name, v in zip(names, row, strict=True)]
+                pts += [(key, v, i + 1) for i, row in enumerate(norms_of[j][:len(kept)])
+                        for key, v in zip(grad_keys, row, strict=True)]
             results[j].steps = step0 + len(kept)
             if bad is not None:
                 logs[j](pts)

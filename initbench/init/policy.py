@@ -11,7 +11,7 @@ before it changes anything, and restores the model if a fill fails: it is all or
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -23,17 +23,29 @@ from .matching import ParamRef, collect_params, gates_of
 from .report import InitReport, default_moments, report_row, shape_text
 from .rules import DEFAULT, InitError, Rule, parse_rule
 from .schemes import SCHEMES, Scheme
+from .structure import FACTS, facts_for
 
-POLICY_KEYS = ("name", "rules", "lsuv")
+# `requires`: what a model must have for the policy, in words (printed when it cannot be applied); any
+# other key is a parameter: a number its rules' schemes read
+POLICY_KEYS = ("name", "rules", "lsuv", "requires")
+# Schemes whose theory also scales the optimizer per parameter (muP): scheme name -> fn(shape, args, optimizer
+# config) -> {optimizer option: factor}, e.g. {"lr": 0.25}. Filled by the module that registers the scheme.
+OPTIMIZER_SCALES: dict[str, Callable[[torch.Size, dict, Mapping], dict[str, float]]] = {}
 
 
 @dataclass
 class _Unit:
-    """A whole parameter, or one gate's rows of it, and the rule that decided it (None: default)."""
+    """A whole parameter, or one gate's rows of it, the rule that decided it (None: default), and the
+    scheme's args: the rule's, plus the model facts the scheme reads (structure.FACTS)."""
 
     rule: Rule | None
     gate: str | None = None
     rows: slice | None = None
+    args: dict | None = None
+
+    @property
+    def fills(self) -> bool:
+        return self.rule is not None and self.rule.scheme is not None
 
 
 @dataclass
@@ -52,19 +64,24 @@ def build_policy(cfg: DictConfig | Mapping) -> "InitPolicy":
 
 
 class InitPolicy:
-    """A named, ordered list of rules (and optionally LSUV, which needs a batch of data)."""
+    """A named, ordered list of rules (and optionally LSUV, which needs a batch of data). `params` are
+    the policy's own numbers (critical's sigma_w, ...), which a sweep sets as init.<name>=<value>."""
 
-    def __init__(self, name: str, rules: list[Rule] | tuple[Rule, ...] = (), lsuv: LSUVConfig | None = None):
+    def __init__(self, name: str, rules: list[Rule] | tuple[Rule, ...] = (), lsuv: LSUVConfig | None = None,
+                 params: Mapping[str, float] | None = None, requires: str | None = None):
         self.name = name
         self.rules = tuple(rules)
         self.lsuv = lsuv
+        self.params = dict(params or {})
+        self.requires = requires
 
     @property
     def needs_data(self) -> bool:
         return self.lsuv is not None
 
     def __str__(self) -> str:
-        lines = [f"init policy {self.name!r}:"] + [f"  {rule}, args: {dict(rule.args)}" for rule in self.rules]
+        given = f" ({', '.join(f'{k}={v}' for k, v in self.params.items())})" if self.params else ""
+        lines = [f"init policy {self.name!r}{given}:"] + [f"  {rule}, args: {dict(rule.args)}" for rule in self.rules]
         lines += [f"  then LSUV: {self.lsuv}"] if self.lsuv else []
         return "\n".join(lines if self.rules or self.lsuv else [f"init policy {self.name!r}: PyTorch's default"])
 
@@ -77,20 +94,32 @@ class InitPolicy:
         name = cfg.get("name")
         if not isinstance(name, str):
             raise InitError(f"an init policy needs `name: <str>` (the file's name), got {name!r}")
-        unknown = sorted(set(cfg) - set(POLICY_KEYS))
-        if unknown:
-            raise InitError(f"init policy {name!r}: unknown keys {unknown}; valid: {', '.join(POLICY_KEYS)}")
+        params = {key: value for key, value in cfg.items() if key not in POLICY_KEYS}
+        not_numbers = sorted(key for key, value in params.items() if isinstance(value, bool)
+                             or not isinstance(value, int | float))
+        if not_numbers:
+            raise InitError(f"init policy {name!r}: unknown keys {not_numbers}; valid: {', '.join(POLICY_KEYS)}, "
+                            "and numbers that the policy's schemes read (parameters such as sigma_w)")
+        requires = cfg.get("requires")
+        if requires is not None and not isinstance(requires, str):
+            raise InitError(f"init policy {name!r}: `requires` is a sentence saying what a model needs, "
+                            f"got {requires!r}")
         raw_rules = cfg.get("rules") or []
         if not isinstance(raw_rules, list | tuple):
             raise InitError(f"init policy {name!r}: `rules` must be a list of rules, got {raw_rules!r}")
-        rules = [parse_rule(name, i, raw) for i, raw in enumerate(raw_rules)]
+        rules = [parse_rule(name, i, raw, params) for i, raw in enumerate(raw_rules)]
+        read = {key for rule in rules if rule.scheme is not None for key in rule.scheme.valid_args()}
+        unread = sorted(set(params) - read)
+        if unread:
+            raise InitError(f"init policy {name!r}: parameters {unread} are read by none of its rules' schemes; "
+                            f"valid keys: {', '.join(POLICY_KEYS)}, and the args of its schemes")
         lsuv = None
         if cfg.get("lsuv") is not None:
             try:
                 lsuv = LSUVConfig.from_dict(cfg["lsuv"])
             except (TypeError, ValueError) as err:
                 raise InitError(f"init policy {name!r}, lsuv: {err}") from None
-        return cls(name, rules, lsuv)
+        return cls(name, rules, lsuv, params, requires)
 
     def apply(self, model: nn.Module, generator: torch.Generator, batch: Tensor | None = None) -> InitReport:
         """Fill `model`'s parameters by the rules, drawing only from `generator`; see the module doc.
@@ -106,14 +135,15 @@ class InitPolicy:
                 "inputs: policy.apply(model, generator, batch=inputs)"
             )
         plans = self._plan(model)  # every check happens here, before anything changes
-        touched = list(model.parameters()) if self.lsuv else [p.ref.tensor for p in plans if _fills(p)]
+        touched = list(model.parameters()) if self.lsuv else [p.ref.tensor for p in plans
+                                                              if any(u.fills for u in p.units)]
         saved = [(t, t.detach().clone()) for t in touched]
         plan, unit, trace = None, None, None
         try:
             for plan in plans:
                 for unit in plan.units:
-                    if unit.rule is not None and unit.rule.scheme is not None:
-                        _fill(plan.target(unit), unit.rule, generator)
+                    if unit.fills:
+                        _fill(plan.target(unit), unit, generator)
             plan = unit = None
             if self.lsuv:
                 trace = lsuv_(model, batch, generator=generator, **vars(self.lsuv))
@@ -127,6 +157,29 @@ class InitPolicy:
                 "  the model was restored as it was; fix the rule's scheme or args"
             ) from err
         return self._report(model, plans, trace)
+
+    def optimizer_scales(self, model: nn.Module, optimizer: Mapping) -> dict[str, dict[str, float]]:
+        """{parameter name: {optimizer option: factor}} for the parameters whose scheme scales the optimizer
+        (OPTIMIZER_SCALES; muP's per-layer learning rates), given the optimizer's config (`_target_` and its
+        options); the trainer multiplies those options for those parameters. Empty for other policies.
+        InitError if the rules do not fit `model`, or a scheme has no rule for this optimizer."""
+        scales = {}
+        for plan in self._plan(model):
+            scaled = [u for u in plan.units if u.fills and u.rule.scheme.name in OPTIMIZER_SCALES]
+            if not scaled:
+                continue
+            unit = scaled[0]
+            if len(plan.units) > 1:
+                raise InitError(f"init policy {self.name!r}: {plan.ref.name} <- {unit.rule}: a scheme that scales the "
+                                "optimizer must fill the whole parameter, not one gate of it")
+            try:
+                factors = OPTIMIZER_SCALES[unit.rule.scheme.name](plan.ref.tensor.shape, dict(unit.args), optimizer)
+            except ValueError as err:
+                raise InitError(f"init policy {self.name!r}: {plan.ref.name} <- {unit.rule}: {err}") from None
+            factors = {option: factor for option, factor in factors.items() if factor != 1}
+            if factors:
+                scales[plan.ref.name] = factors
+        return scales
 
     def _plan(self, model: nn.Module) -> list[_Plan]:
         plans, matched, problems = [], set(), []
@@ -148,10 +201,19 @@ class InitPolicy:
             plan = _Plan(ref, units)
             plans.append(plan)
             for unit in units:
-                if unit.rule is not None and unit.rule.scheme is not None:
-                    problem = unit.rule.scheme.problem(plan.target(unit).shape, dict(unit.rule.args))
+                if unit.fills:
+                    wanted = unit.rule.scheme.facts(unit.rule.args)
+                    facts, lacking = facts_for(model, ref.name.rpartition(".")[0], wanted)
+                    unit.args = {**unit.rule.args, **facts}
+                    if lacking:
+                        problem = (f"{unit.rule.scheme.name} needs {'; '.join(FACTS[f] for f in lacking)}, and "
+                                   f"{type(model).__name__} has none")
+                        fix = "use a model with that structure, or give the rule's args " + ", ".join(lacking)
+                    else:
+                        problem = unit.rule.scheme.problem(plan.target(unit).shape, dict(unit.args))
+                        fix = _fix_for(unit.rule.scheme)
                     if problem:
-                        problems.append(_param_problem(plan, unit, problem, _fix_for(unit.rule.scheme)))
+                        problems.append(_param_problem(plan, unit, problem, fix))
         problems += _forget_bias_problems(plans)
         unmatched = [r for r in self.rules if r.index not in matched and not r.optional]
         problems += [
@@ -162,7 +224,8 @@ class InitPolicy:
         if problems:
             head = f"init policy {self.name!r} cannot be applied to {type(model).__name__}"
             text = f"{head} ({len(problems)} problem{'s' * (len(problems) > 1)}):\n" + "\n".join(problems)
-            raise InitError(text + (_describe_model(plans) if unmatched else ""))
+            needs = f"\npolicy {self.name!r} requires: {self.requires}" if self.requires else ""
+            raise InitError(text + needs + (_describe_model(plans) if unmatched else ""))
         return plans
 
     def _report(self, model: nn.Module, plans: list[_Plan], trace) -> InitReport:
@@ -179,17 +242,13 @@ class InitPolicy:
         return InitReport.from_rows(rows, policy=self.name, torch_version=torch.__version__, lsuv=trace)
 
 
-def _fills(plan: _Plan) -> bool:
-    return any(u.rule is not None and u.rule.scheme is not None for u in plan.units)
-
-
-def _fill(target: Tensor, rule: Rule, generator: torch.Generator) -> None:
+def _fill(target: Tensor, unit: _Unit, generator: torch.Generator) -> None:
     """Fill `target` in place; a tensor on another device than the generator is filled via a copy."""
     if target.device == generator.device:
-        rule.scheme(target, generator, dict(rule.args))
+        unit.rule.scheme(target, generator, dict(unit.args))
     else:
         scratch = torch.empty(target.shape, dtype=target.dtype, device=generator.device)
-        rule.scheme(scratch, generator, dict(rule.args))
+        unit.rule.scheme(scratch, generator, dict(unit.args))
         with torch.no_grad():
             target.copy_(scratch)
 
@@ -208,10 +267,10 @@ def _expected_std(plan: _Plan) -> float:
     moments = []
     for unit in plan.units:
         target = plan.target(unit)
-        if unit.rule is None or unit.rule.scheme is None:
-            mean, std = default_moments(plan.ref.module, plan.ref.role)
+        if not unit.fills:
+            mean, std = default_moments(plan.ref.module, plan.ref.role, target)  # NaN if re-initialized
         else:
-            args = dict(unit.rule.args)
+            args = dict(unit.args)
             mean, std = (
                 unit.rule.scheme.expected_mean(target.shape, args),
                 unit.rule.scheme.expected_std(target.shape, args),

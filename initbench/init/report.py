@@ -1,6 +1,7 @@
 """InitReport: one row per parameter, what the theory expects and what the init produced."""
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -41,28 +42,97 @@ def report_row(name: str, tensor: Tensor, scheme: str, expected_std: float) -> d
 
 # --- PyTorch's own defaults (what reset_parameters does), for the report ------------------------------
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+# A tensor left at default is checked against the rule before its std is claimed: a model may re-init its
+# layers in its constructor (nn.MultiheadAttention zeroes out_proj.bias, nn.Transformer applies xavier,
+# torchvision's ResNet kaiming_normal), and then the rule says nothing. CHECK_Z standard errors: a tensor
+# that truly follows the rule fails the mean or the std test with probability about 1e-5.
+CHECK_Z = 4.5
+_KURTOSIS = {"uniform": 1.8, "normal": 3.0}
 
 
-def default_moments(module: nn.Module, role: str) -> tuple[float, float]:
-    """(mean, std) of PyTorch's default init of `module`'s parameter `role`; NaNs where not known.
+@dataclass(frozen=True)
+class DefaultRule:
+    """PyTorch's init of one parameter: `kind` uniform (U(-scale, scale)), normal (N(0, scale^2)) or
+    constant (= scale); then a `zeroed` fraction of it set to 0 (an nn.Embedding's padding row)."""
 
-    Linear/Conv: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), bias the same bound, so std
-    1/sqrt(3 fan_in); RNN/LSTM/GRU: U(+-1/sqrt(hidden)); norms: weight 1, bias 0; Embedding: N(0, 1).
+    kind: str
+    scale: float
+    zeroed: float = 0.0
+
+    @property
+    def drawn_std(self) -> float:
+        """The std of the entries drawn (not zeroed)."""
+        return {"uniform": self.scale / math.sqrt(3), "normal": self.scale, "constant": 0.0}[self.kind]
+
+    def moments(self) -> tuple[float, float]:
+        """(mean, std) of the whole tensor."""
+        if self.kind == "constant":
+            return self.scale, 0.0
+        return 0.0, self.drawn_std * math.sqrt(1 - self.zeroed)
+
+    def fits(self, tensor: Tensor) -> bool:
+        """Whether `tensor` is consistent with this rule: equal to a constant; inside a uniform's bounds,
+        mean and std (of the entries drawn) within CHECK_Z standard errors (std's: sqrt((kurtosis-1)/4n))."""
+        values = tensor.detach().double().flatten()
+        if self.kind == "constant":
+            return bool((values == self.scale).all())
+        if self.zeroed:
+            values = values[values != 0]
+        n = values.numel()
+        if n == 0:
+            return True
+        if self.kind == "uniform" and values.abs().max().item() > self.scale * (1 + 1e-6):  # float32 rounding
+            return False
+        std = self.drawn_std
+        if abs(values.mean().item()) > CHECK_Z * std / math.sqrt(n):
+            return False
+        return n < 2 or abs(values.std().item() / std - 1) <= CHECK_Z * math.sqrt((_KURTOSIS[self.kind] - 1) / (4 * n))
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def _reset_owner(module: nn.Module) -> type | None:
+    """The class whose reset_parameters `module` runs: a subclass that overrides it has another default."""
+    return next((cls for cls in type(module).__mro__ if "reset_parameters" in vars(cls)), None)
+
+
+def _fan_in_bound(module: nn.Module) -> float:
+    fan_in = fans(module.weight.shape)[0]
+    return 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+def default_rule(module: nn.Module, role: str) -> DefaultRule | None:
+    """PyTorch's reset_parameters rule for `module`'s parameter `role`, None where not known.
+
+    Linear/Conv: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), bias the same bound; Bilinear:
+    U(+-1/sqrt(in1)); RNN/LSTM/GRU and cells: U(+-1/sqrt(hidden)); norms: weight 1, bias 0; PReLU: its
+    `init`; Embedding: N(0, 1), padding row 0. Only for modules whose class runs exactly that method.
     """
-    if isinstance(module, nn.Linear | nn.modules.conv._ConvNd) and role in ("weight", "bias"):
-        if isinstance(module.weight, nn.parameter.UninitializedParameter):
-            return math.nan, math.nan
-        return 0.0, 1 / math.sqrt(3 * fans(module.weight.shape)[0])
-    if isinstance(module, nn.Bilinear):
-        return 0.0, 1 / math.sqrt(3 * module.weight.size(1))
-    if isinstance(module, nn.RNNBase | nn.RNNCellBase):
-        return 0.0, 1 / math.sqrt(3 * module.hidden_size)
-    if isinstance(module, _NORMS) and role in ("weight", "bias"):
-        return (1.0 if role == "weight" else 0.0), 0.0
-    if isinstance(module, nn.Embedding) and role == "weight":
-        return 0.0, 1.0
-    return math.nan, math.nan
+    owner = _reset_owner(module)
+    if owner in (nn.Linear, nn.modules.conv._ConvNd) and role in ("weight", "bias"):
+        return DefaultRule("uniform", _fan_in_bound(module))
+    if owner is nn.Bilinear and role in ("weight", "bias"):
+        return DefaultRule("uniform", 1 / math.sqrt(module.weight.size(1)))
+    if owner in (nn.RNNBase, nn.RNNCellBase) and module.hidden_size > 0:
+        return DefaultRule("uniform", 1 / math.sqrt(module.hidden_size))
+    if owner in _NORMS and role in ("weight", "bias"):
+        return DefaultRule("constant", 1.0 if role == "weight" else 0.0)
+    if owner is nn.PReLU and role == "weight":
+        return DefaultRule("constant", module.init)
+    if owner is nn.Embedding and role == "weight":
+        return DefaultRule("normal", 1.0, (module.padding_idx is not None) / module.num_embeddings)
+    return None
+
+
+def default_moments(module: nn.Module, role: str, tensor: Tensor | None = None) -> tuple[float, float]:
+    """(mean, std) of PyTorch's default init of `module`'s parameter `role` (default_rule); NaNs where
+    that rule is not known or where `tensor` (the parameter, or the slice of it, as it is) does not fit
+    it: then its model re-initialized it, and the rule says nothing about it."""
+    rule = default_rule(module, role)
+    if rule is None or (tensor is not None and not rule.fits(tensor)):
+        return math.nan, math.nan
+    return rule.moments()
 
 
 class InitReport:

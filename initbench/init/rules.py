@@ -40,8 +40,10 @@ def flow(value: object) -> str:
     return "null" if value is None else str(value)
 
 
-def parse_rule(policy: str, index: int, raw: object) -> Rule:
-    """The Rule that entry `index` of a policy's `rules:` describes; InitError naming it if malformed."""
+def parse_rule(policy: str, index: int, raw: object, params: Mapping | None = None) -> Rule:
+    """The Rule that entry `index` of a policy's `rules:` describes; InitError naming it if malformed.
+    `params` are the policy's parameters (e.g. sigma_w): a scheme argument the rule's args leave out is
+    taken from the parameter of the same name."""
 
     def fail(problem: str, fix: str) -> InitError:
         return InitError(f"init policy {policy!r}, rule {index} {flow(raw)}: {problem}\n  fix: {fix}")
@@ -75,8 +77,9 @@ def parse_rule(policy: str, index: int, raw: object) -> Rule:
     else:
         valid = ", ".join(sorted([*SCHEMES, DEFAULT]))
         raise fail(f"unknown scheme {scheme_name!r}; valid: {valid}", "use one of those, or _target_: pkg.fn")
+    taken = {key: value for key, value in (params or {}).items() if key in scheme.valid_args() and key not in args}
     try:
-        resolved = scheme.resolve(args)
+        resolved = scheme.resolve({**taken, **args})
     except ValueError as err:
         raise fail(str(err), "correct the rule's args") from None
     return Rule(index, where, scheme.name, scheme, resolved, optional)

@@ -21,6 +21,7 @@ from torch.nn import init
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
 from . import functional as F
+from .structure import FACTS
 
 REQUIRED = inspect.Parameter.empty
 # The names torch's calculate_gain accepts (torch.nn.init._NonlinearityType).
@@ -74,7 +75,7 @@ class Scheme:
             args["gain"] = init.calculate_gain(args.pop("nonlinearity"), slope)
         elif "negative_slope" in args:
             raise ValueError(f"scheme {self.name!r}: negative_slope goes with nonlinearity: leaky_relu")
-        missing = [k for k, v in self.defaults.items() if v is REQUIRED and k not in args]
+        missing = [k for k, v in self.defaults.items() if v is REQUIRED and k not in args and k not in FACTS]
         if missing:
             valid = ", ".join(self.defaults)
             raise ValueError(f"scheme {self.name!r} needs args {missing}; valid args: {valid}")
@@ -85,6 +86,10 @@ class Scheme:
                 kind = "an integer" if self.numbers[key] is int else "a number"
                 raise ValueError(f"scheme {self.name!r}: arg {key} must be {kind}, got {value!r}")
         return {**{k: v for k, v in self.defaults.items() if v is not REQUIRED}, **args}
+
+    def facts(self, args: Mapping[str, Any]) -> list[str]:
+        """The model facts (structure.FACTS) this scheme reads that `args` do not give."""
+        return [k for k in self.defaults if k in FACTS and k not in args]
 
     def problem(self, shape: torch.Size, args: dict) -> str | None:
         """Why this scheme cannot fill a tensor of `shape` with `args`, or None if it can."""

@@ -7,9 +7,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from .cnn1d import CNN1d
 from .lenet import LeNet
 from .lstm import RowLSTM
-from .mlp import MLP
+from .mlp import ACTIVATIONS, MLP
+from .residual import BRANCH_GATES
+from .resmlp import NORMS as RESMLP_NORMS
+from .resmlp import ResMLP
+from .resnet import NORMS as RESNET_NORMS
+from .resnet import ResNet
+from .transformer import NORM_POSITIONS, POOLS, TOKENS, Transformer
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,44 @@ def _lstm(cfg: dict, shape: DataShape) -> nn.Module:
     )
 
 
-FAMILIES = {"lenet": _lenet, "mlp": _mlp, "lstm": _lstm}
+def _cnn1d(cfg: dict, shape: DataShape) -> nn.Module:
+    return CNN1d(
+        shape.channels * shape.width,
+        shape.height,
+        shape.num_classes,
+        channels=cfg.get("channels", 25),
+        kernel_sizes=tuple(cfg.get("kernel_sizes", (5, 3, 3))),
+        stride=cfg.get("stride", 2),
+        padding=cfg.get("padding", 1),
+    )
+
+
+def _options(cfg: dict) -> dict:
+    """The config's keys but `name`: the constructor's keyword arguments (its defaults fill the rest)."""
+    return {k: v for k, v in cfg.items() if k != "name"}
+
+
+def _resmlp(cfg: dict, shape: DataShape) -> nn.Module:
+    return ResMLP(shape.in_features, shape.num_classes, **_options(cfg))
+
+
+def _resnet(cfg: dict, shape: DataShape) -> nn.Module:
+    return ResNet(shape.channels, shape.num_classes, **_options(cfg))
+
+
+def _transformer(cfg: dict, shape: DataShape) -> nn.Module:
+    return Transformer((shape.channels, shape.height, shape.width), shape.num_classes, **_options(cfg))
+
+
+FAMILIES = {"lenet": _lenet, "mlp": _mlp, "lstm": _lstm, "cnn1d": _cnn1d, "resmlp": _resmlp, "resnet": _resnet,
+            "transformer": _transformer}
+# A family's options that take one of a fixed set of values: check_config reports a bad one before building.
+CHOICES = {
+    "mlp": {"activation": tuple(ACTIVATIONS)},
+    "resmlp": {"activation": tuple(ACTIVATIONS), "norm": RESMLP_NORMS, "branch_gate": BRANCH_GATES},
+    "resnet": {"norm": RESNET_NORMS, "branch_gate": BRANCH_GATES},
+    "transformer": {"tokens": TOKENS, "norm_position": NORM_POSITIONS, "pool": POOLS, "branch_gate": BRANCH_GATES},
+}
 # Config keys that describe the data a model wants, not constructor arguments.
 _NOT_ARGS = {"_target_", "name", "image_size"}
 

@@ -10,6 +10,7 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
     "selu": nn.SELU,
     "gelu": nn.GELU,
+    "linear": nn.Identity,  # a deep linear network (Saxe et al. 2014): the model is a product of matrices
 }
 
 
