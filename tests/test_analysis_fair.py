@@ -397,6 +397,6 @@ def test_tune_with_two_group_keys_tunes_each_group_and_draws_its_grid(grid_store
     (a tie here: the first lr); tune.png is drawn for groups named by two keys (it once raised KeyError)."""
     result = analyze(uri_of(grid_store), out=tmp_path, log_to_mlflow=False, tune_key="optimizer.lr",
                      group_by=("init", "model.depth"))
-    assert sorted(zip(result.tune.init, result.tune["model.depth"].astype(int))) == \
+    assert sorted(zip(result.tune.init, result.tune["model.depth"].astype(int), strict=True)) == \
         [("kaiming", 2), ("kaiming", 10), ("xavier", 2), ("xavier", 10)]
     assert (tmp_path / "tune.png").read_bytes()[:4] == b"\x89PNG"
