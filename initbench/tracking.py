@@ -304,7 +304,15 @@ class Tracker:
         inputs = [DatasetInput(MlflowDataset(d["name"], d["digest"], "code", json.dumps(d["source"]),
                                              profile=json.dumps(d["profile"])),
                                tags=[InputTag(MLFLOW_DATASET_CONTEXT, d["context"])]) for d in datasets]
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as err:
+            # Parallel jobs (joblib, SLURM) log the same dataset to one experiment at once: MLflow's store
+            # checks for it, then inserts it, so the second insert can fail. Then it exists: link it again.
+            text = str(err).lower()
+            if "datasets" not in text or not ("unique" in text or "duplicate" in text):
+                raise
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_table(self, run_id: str, frame, path: str) -> None:
         """`frame` as the MLflow table `path` of run `run_id`, replacing the one logged there before

@@ -147,3 +147,30 @@ def test_a_process_does_not_wait_for_mlflows_queue_poll_at_exit(tmp_path, monkey
     tracker.end("finished")
     assert queue._at_exit_callback in released and queue._batch_logging_thread.daemon
     assert stored(uri, run_id) == sorted(epoch_points(1, 30))
+
+
+def test_a_dataset_another_job_inserted_at_the_same_moment_is_linked_not_an_error(tmp_path, monkeypatch):
+    """Two parallel jobs log the same dataset at once: MLflow's store checks, then inserts, so one insert
+    fails on the unique key (seen with the joblib launcher against a server). The dataset then exists, and
+    logging it again links it to the run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp")
+    run_id = tracker.start("one", {}, {})
+    real, calls = tracker.client.log_inputs, []
+
+    def racing(run, datasets):
+        calls.append(run)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(run, datasets=datasets)
+
+    monkeypatch.setattr(tracker.client, "log_inputs", racing)
+    tracker.log_datasets([{"name": "digits", "digest": "abc", "context": "train", "source": {}, "profile": {}}])
+    inputs = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and [i.dataset.digest for i in inputs] == ["abc"]
+    monkeypatch.setattr(tracker.client, "log_inputs", lambda run, datasets: (_ for _ in ()).throw(
+        MlflowException("RESOURCE_DOES_NOT_EXIST: run")))
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST"):  # any other error is not swallowed
+        tracker.log_datasets([{"name": "d", "digest": "x", "context": "test", "source": {}, "profile": {}}])
+    tracker.end("finished")
