@@ -400,3 +400,18 @@ def test_tune_with_two_group_keys_tunes_each_group_and_draws_its_grid(grid_store
     assert sorted(zip(result.tune.init, result.tune["model.depth"].astype(int), strict=True)) == \
         [("kaiming", 2), ("kaiming", 10), ("xavier", 2), ("xavier", 10)]
     assert (tmp_path / "tune.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tune_counts_a_group_whose_every_run_diverged(tmp_path):
+    """An init that diverges at every value of the tuned key gets no choice, and its row counts all its runs
+    as diverged (it once said n 0, diverged 0)."""
+    client, experiment = new_store(tmp_path)
+    for seed in range(2):
+        for lr in (0.01, 0.1):
+            log_run(client, experiment, "kaiming", seed, test=[0.9], val=[0.8 + lr], optimizer__lr=lr)
+            log_run(client, experiment, "d2l_custom", seed, test=[0.1], val=[0.1], status="diverged", optimizer__lr=lr)
+    result = analyze(uri_of(tmp_path), out=tmp_path / "out", log_to_mlflow=False, tune_key="optimizer.lr",
+                     baseline="kaiming")
+    row = result.tune.set_index("init").loc["d2l_custom"]
+    assert (row.n_runs, row.n_diverged, row.n_values) == (4, 4, 0) and math.isnan(row["optimizer.lr"])
+    assert result.tune.set_index("init").loc["kaiming", "optimizer.lr"] == 0.1

@@ -144,8 +144,8 @@ def tune(runs: pd.DataFrame, group_keys: list[str], key: str, baseline: str | No
             grid.loc[scored.index[0], "chosen"] = True
         chosen = best.to_dict() if best is not None else {}
         row[key] = chosen.get(key, math.nan)
-        for count in ("n_runs", "n_diverged", "n_failed", "n_killed"):
-            row[count] = chosen.get(count, 0)
+        for count in ("n_runs", "n_diverged", "n_failed", "n_killed"):  # no value scored: the whole group's
+            row[count] = chosen[count] if best is not None else int(cells[count].sum())
         picked = runs[~runs.status.isin(COUNTED_ONLY)]
         if best is not None:
             mask = np.logical_and.reduce([picked[k].astype(str) == str(best[k]) for k in (*groups, key)])
