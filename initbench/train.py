@@ -250,8 +250,8 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
         for i in range(steps_per_epoch):
             idx = perm[i * batch:(i + 1) * batch]
             x, y = data.train_x[idx], data.train_y[idx]
+            opt.zero_grad()  # before the forward: under CUDA graphs the last step's gradients are the graph's memory
             loss, logits = step(x, y)
-            opt.zero_grad(set_to_none=False)
             loss.backward()
             if first_epoch:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in named]
