@@ -4,6 +4,8 @@ A user's mistake (a bad config, a policy that does not fit the model, a missing 
 store that cannot be used) ends a single run with its message and exit status 2 (see errors.py).
 """
 
+import gc
+
 import hydra
 from omegaconf import DictConfig
 
@@ -21,4 +23,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # Everything is written (each run's Tracker.end waited for its writes): leave the objects to the
+        # OS. Frozen, they escape the interpreter's last garbage collections over all that torch, MLflow
+        # and SQLAlchemy loaded, which take about 1.4 s of every process's exit on 2 CPU cores.
+        gc.freeze()

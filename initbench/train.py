@@ -126,14 +126,15 @@ def compiles(trainer, device: torch.device) -> bool:
 
 
 def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable:
-    """(x, y) -> (mean cross-entropy, logits) for training; under torch.compile if trainer.compile
+    """(x, y) -> (mean cross-entropy, logits detached) for training; under torch.compile if trainer.compile
     (auto = on CUDA only), in trainer.compile_mode (null: torch's default; reduce-overhead: CUDA
     graphs), falling back to eager, with a warning, if compiling fails."""
     amp = autocast_dtype(trainer)
 
     def eager(x, y):
         logits = forward(model, x, amp)
-        return F.cross_entropy(logits, y), logits
+        # detached: under CUDA graphs an output kept alive that awaits a backward slows the next replay
+        return F.cross_entropy(logits, y), logits.detach()
 
     mode = trainer.get("compile_mode")
     if mode not in COMPILE_MODES:
@@ -261,7 +262,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
                 schedule.step()
             losses[i] = loss.detach()
             loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += (logits.argmax(1) == y).sum()
             progress.update()
         log(epoch_points(model, data.train_x[:batch], epoch))  # diagnostics at the epoch's end
 

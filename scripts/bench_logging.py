@@ -23,10 +23,13 @@
     torch.manual_seed(seed), SGD lr 0.02 momentum 0.9, batch 128, the seed's data order, a test-set
     evaluation per epoch) and logs nothing. Also initbench's fit() without MLflow (its gradient norms
     and init probe computed, nothing sent), and the asynchronous sweep into a store that does not exist
-    yet (it is created first); the other rows log into an existing store. Best of --repeats per row.
+    yet (it is created first); the other rows log into an existing store. The initbench rows end as
+    `python -m initbench` does (gc.freeze(): no last garbage collection at exit); the plain loop ends
+    as a plain script. Best of --repeats per row.
 """
 
 import argparse
+import gc
 import math
 import os
 import subprocess
@@ -280,10 +283,13 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if args.child == "plain":
         return child_plain(args.epochs, args.depth)
-    if args.child == "fit":
-        return child_fit(args.epochs, args.depth)
     if args.child:
-        return child_initbench(args.epochs, args.depth, args.store, args.child == "async")
+        try:
+            if args.child == "fit":
+                return child_fit(args.epochs, args.depth)
+            return child_initbench(args.epochs, args.depth, args.store, args.child == "async")
+        finally:
+            gc.freeze()  # initbench's processes end as `python -m initbench` ends (initbench/__main__.py)
 
     import mlflow
     import torch

@@ -52,6 +52,8 @@ def test_cuda_graphs_single_run_matches_eager(recwarn):
     [(graphed_status, graphed)] = train_each(cfgs, compile=True, compile_mode="reduce-overhead")
     fell_back = [str(w.message) for w in recwarn if "torch.compile failed" in str(w.message)]
     assert not fell_back, fell_back  # it did compile
+    slow = [str(w.message) for w in recwarn if "CUDAGraphs" in str(w.message)]
+    assert not slow, slow  # every replay took the fast path: no output of a step outlived its backward
     assert counters["stats"]["unique_graphs"] == 2  # 240 = 7 x 32 + 16: two batch shapes
     assert eager_status == graphed_status == "finished"
     assert_same_points(eager, graphed)
