@@ -48,9 +48,13 @@ def test_main_command_trains_and_prints_the_ui_command(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in done.stdout
     assert "#/experiments/1?workflowType=machine_learning" in done.stdout  # opens on the runs, not on GenAI
-    [logged], _ = runs_of(tmp_path)
+    [logged], client = runs_of(tmp_path)
     assert logged.info.run_name == "lenet-kaiming-digits-s0"
     assert "mlflow.parentRunId" not in logged.data.tags  # a single run stays a top-level run
+    # the process ends without a last garbage collection (gc.freeze): its run was whole by then
+    assert logged.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "train/loss")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "test/acc")] == [1]
 
 
 def test_multirun_makes_one_run_per_job_sharing_a_sweep_tag(tmp_path):
