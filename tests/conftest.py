@@ -29,3 +29,11 @@ def compose_config(overrides: list[str] = (), store: Path | None = None) -> Dict
 def store(tmp_path: Path) -> Path:
     """A fresh folder for a run's MLflow store."""
     return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def data_dir(tmp_path_factory):
+    """What the tests generate (MNIST-1D's cache) goes to a temporary folder, not ~/.cache/initbench."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INITBENCH_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        yield
