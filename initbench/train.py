@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .config import SCHEDULES
 from .data import Dataset
 from .diagnostics import MetricPoint, epoch_points, init_points, vitals_key
 
@@ -179,6 +180,16 @@ def _first_non_finite(values: list[float]) -> int | None:
 Scales = Mapping[str, Mapping[str, float]]  # parameter name -> {optimizer option: factor}
 
 
+def lr_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
+    """torch's scheduler for trainer.schedule, to step once per training step: None for constant,
+    CosineAnnealingLR(T_max=total_steps) for cosine."""
+    if schedule == "constant":
+        return None
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    raise ValueError(f"unknown trainer.schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
 def build_optimizer(optimizer, named: list[tuple[str, nn.Parameter]], scales: Scales | None = None):
     """The optimizer of a Hydra `_partial_` config over the `named` parameters. scales[name] = {option: factor}
     multiplies the optimizer's numeric options (lr, weight_decay, eps, ...) for that parameter, as an init policy
@@ -228,11 +239,7 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     n, batch = len(data.train_y), trainer.batch_size
     steps_per_epoch = math.ceil(n / batch)
     total_steps = trainer.epochs * steps_per_epoch
-    schedule = None
-    if trainer.schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    elif trainer.schedule != "constant":
-        raise ValueError(f"unknown trainer.schedule {trainer.schedule!r}; valid: constant, cosine")
+    schedule = lr_scheduler(opt, trainer.schedule, total_steps)
     order = torch.Generator().manual_seed(seed)
     amp = autocast_dtype(trainer)
     step = loss_and_logits(model, trainer, device)

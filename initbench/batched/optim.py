@@ -15,6 +15,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from ..train import lr_scheduler
 from .functional import Unbatchable
 
 # Options that select an implementation, not the arithmetic.
@@ -52,14 +53,12 @@ def optimizer_spec(cfg: DictConfig | dict) -> tuple[type, dict]:
 
 
 def lr_table(lrs: list[float], schedule: str, total_steps: int) -> list[list[float]]:
-    """The lr of each model at each step (total_steps x K), from torch's own scheduler: cosine is
-    CosineAnnealingLR(T_max=total_steps) stepped once per step, as initbench.train.fit does."""
-    if schedule == "constant":
-        return [list(lrs)] * total_steps
-    if schedule != "cosine":
-        raise ValueError(f"unknown trainer.schedule {schedule!r}; valid: constant, cosine")
+    """The lr of each model at each step (total_steps x K), from the scheduler initbench.train.fit
+    steps once per step (lr_scheduler)."""
     dummy = torch.optim.SGD([{"params": [torch.zeros(1)], "lr": lr} for lr in lrs])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(dummy, T_max=total_steps)
+    sched = lr_scheduler(dummy, schedule, total_steps)
+    if sched is None:
+        return [list(lrs)] * total_steps
     table = []
     for _ in range(total_steps):
         table.append([group["lr"] for group in dummy.param_groups])
