@@ -348,6 +348,18 @@ def _model_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _resize_problems(cfg: DictConfig) -> list[str]:
+    """model.image_size resizes images: a 1-D sequence would be stretched into a square image."""
+    from .data import SEQUENCES
+
+    size, name = cfg.model.get("image_size"), cfg.dataset.get("name")
+    if size is None or name not in SEQUENCES:
+        return []
+    return [f"model.image_size={_show(size)}: resizes images, but dataset={name} holds 1-D sequences, which "
+            f"would be stretched into {size}x{size} images; use a model for sequences (cnn1d, mlp, lstm, "
+            "resmlp, transformer) or model.image_size=null"]
+
+
 def _nesterov_problems(cfg: DictConfig) -> list[str]:
     """torch.optim.SGD's rule: Nesterov momentum needs a momentum and no dampening."""
     opt = cfg.optimizer
@@ -394,7 +406,7 @@ def check_config(cfg: DictConfig) -> None:
                 if key.split(".")[0] not in NOT_CHECKED]
     if not problems:  # the checks below read values
         problems = (_key_problems(cfg) + _range_problems(cfg) + _device_problems(cfg) + _model_problems(cfg)
-                    + _nesterov_problems(cfg) + _init_problems(cfg))
+                    + _resize_problems(cfg) + _nesterov_problems(cfg) + _init_problems(cfg))
     if problems:
         raise ConfigError(f"invalid config ({len(problems)} problem{'s' * (len(problems) > 1)}):\n  "
                           + "\n  ".join(problems))

@@ -173,6 +173,7 @@ TORCHVISION = {
                 [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
 }
 VALID = ["digits", *TORCHVISION, "mnist1d"]
+SEQUENCES = ("mnist1d",)  # 1-D sequences, (1, length, 1) per example: nothing to resize as an image
 
 
 def _open_torchvision(name: str, root: Path, train: bool):

@@ -70,6 +70,7 @@ def test_overrides_users_type(monkeypatch):
 
 SCHEMA_GROUPS = ("model", "init", "dataset", "optimizer", "trainer")
 USERS_MODEL = [f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]", "model=exploding"]  # no schema
+PAIRED = {"mnist1d": ["model=cnn1d"]}  # options the default model (LeNet, which resizes images) cannot take
 
 
 def compose_plain(overrides: list[str], hydra: bool = False) -> DictConfig:
@@ -88,7 +89,7 @@ def test_every_file_composes_under_its_schema_and_passes_the_checks(group, optio
         [schema_line, self_line] = raw.pop("defaults")
         assert self_line == "_self_" and schema_line.startswith("/schema/") and schema_line.endswith("@_here_")
         schema = SCHEMAS[schema_line[1:-len("@_here_")]]
-    cfg = compose_plain([f"{group}={option}"])
+    cfg = compose_plain([f"{group}={option}", *PAIRED.get(option, [])])
     assert OmegaConf.get_type(cfg) is Config and OmegaConf.get_type(cfg[group]) is schema
     composed = OmegaConf.to_container(cfg[group])
     assert {k: composed[k] for k in raw} == OmegaConf.to_container(raw)  # the file's values, as written
@@ -158,6 +159,8 @@ BAD = [
     (["model=mlp", "model.depth=0"], "model.depth=0", "an integer >= 1"),
     (["model=mlp", "model.activation=swish"], "model.activation='swish'", "relu, leaky_relu, tanh"),
     (["model=lstm", "model.hidden_size=0"], "model.hidden_size=0", "an integer >= 1"),
+    (["model=lenet", "dataset=mnist1d"], "model.image_size=32: resizes images, but dataset=mnist1d holds 1-D",
+     "use a model for sequences (cnn1d, mlp, lstm, resmlp, transformer) or model.image_size=null"),
     (["model=lstm", "model.num_layers=0"], "model.num_layers=0", "an integer >= 1"),
     (["model.image_size=0"], "model.image_size=0", "an integer >= 1 or null"),
     (["+model.width=3"], "model.width=3: unknown key", "valid: name, image_size"),
