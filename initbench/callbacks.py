@@ -46,9 +46,9 @@ def sweep_id(config: DictConfig) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def open_sweep_run(config: DictConfig) -> None:
-    """Open the store, the experiment and the sweep's parent run (a resumed sweep's earlier one), name
-    it in INITBENCH_PARENT_RUN for the jobs, and close it (FINISHED) when this process exits, however."""
+def open_sweep_run(config: DictConfig) -> tuple[Tracker, str]:
+    """Open the store, the experiment and the sweep's parent run (a resumed sweep's earlier one) and name
+    it in INITBENCH_PARENT_RUN for the jobs; returns the tracker and the parent run's id."""
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     sweep = os.environ[SWEEP_ENV]
     commit = git_commit()
@@ -58,7 +58,7 @@ def open_sweep_run(config: DictConfig) -> None:
                                    "`python scripts/analyze.py` puts its ranked table here."}
     parent = tracker.sweep_run(sweep, params, tags)
     os.environ[PARENT_ENV] = parent
-    atexit.register(tracker.close_sweep_run, parent)
+    return tracker, parent
 
 
 @contextmanager
@@ -76,11 +76,16 @@ class SweepId(Callback):
     """Before a single run: its config cleaned of credentials. Before the first job of a multirun: the
     same, INITBENCH_SWEEP_ID set unless the user set it (which launchers' worker processes inherit),
     the tracking store and experiment opened once (an unreachable URI fails before any job, parallel
-    jobs do not race to create tables), the sweep's parent run opened (see open_sweep_run), and SIGTERM
-    made to stop the sweep's workers and end their runs KILLED."""
+    jobs do not race to create tables), the sweep's parent run opened (see open_sweep_run) and closed as
+    the process exits (FINISHED, or FAILED when a job failed or the sweep stopped), and SIGTERM made to
+    stop the sweep's workers and end their runs KILLED."""
 
     def __init__(self) -> None:
         self._previous_sigterm = None
+        self._swept = False  # Hydra calls on_multirun_end only when every job of the sweep ended well
+
+    def _close_parent(self, tracker: Tracker, parent: str) -> None:
+        tracker.close_sweep_run(parent, "FINISHED" if self._swept else "FAILED")
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         with _refusing():
@@ -92,9 +97,11 @@ class SweepId(Callback):
             if SWEEP_ENV not in os.environ:
                 os.environ[SWEEP_ENV] = sweep_id(config)
                 print(f"sweep {os.environ[SWEEP_ENV]} (the same command again resumes it)")
-            open_sweep_run(config)
+            tracker, parent = open_sweep_run(config)
+        atexit.register(self._close_parent, tracker, parent)  # when this process exits, however
         self._previous_sigterm = interrupts.install(stop_children=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._swept = True
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)

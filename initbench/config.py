@@ -24,8 +24,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 SEED_MAX = 2**32 - 1  # torch's CPU generator keeps 32 bits: larger or negative seeds repeat these
 SCHEDULES = ("constant", "cosine")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the parameters and their updates are float32
 SWITCHES = ("auto", True, False)  # trainer.progress, trainer.compile
-NOT_CHECKED = ("tracking", "paths")  # checked where they are used
+NOT_CHECKED = ("paths",)  # checked where it is used
 
 
 @dataclass
@@ -149,6 +150,17 @@ class TransformerConf(ResidualConf):
 
 
 @dataclass
+class TrackingConf:
+    """conf/tracking/default.yaml; the URI and experiment are checked by Tracker, which opens them."""
+
+    uri: str = MISSING
+    experiment: str = MISSING
+    rerun: bool = MISSING
+    stale_after_min: float = MISSING
+    system_metrics: bool = MISSING
+
+
+@dataclass
 class Config:
     """conf/config.yaml: the groups and the seed. The files of a group bring their own schema (a
     defaults-list line), except init's: a policy file is read as it is by build_policy, which check_config
@@ -167,6 +179,7 @@ class Config:
 SCHEMAS = {
     "schema/config": Config,
     "schema/trainer/default": TrainerConf,
+    "schema/tracking/default": TrackingConf,
     "schema/optimizer/sgd": SGDConf,
     "schema/optimizer/adam": AdamConf,
     "schema/dataset/torchvision": DatasetConf,
@@ -240,7 +253,7 @@ def _rules() -> dict[str, Rule]:
         "trainer.compile": _one_of(SWITCHES),
         "trainer.compile_mode": _one_of(COMPILE_MODES),
         "trainer.progress": _one_of(SWITCHES),
-        "optimizer.lr": _real(lambda v: v > 0, "> 0"),
+        "optimizer.lr": _real(lambda v: 0 < v <= FLOAT32_MAX, f"> 0 that float32 holds (<= {FLOAT32_MAX:.3g})"),
         "optimizer.weight_decay": _real(lambda v: v >= 0, ">= 0"),
         "optimizer.momentum": _real(lambda v: 0 <= v < 1, "in [0, 1)"),
         "optimizer.eps": _real(lambda v: v > 0, "> 0"),
@@ -259,6 +272,9 @@ def _rules() -> dict[str, Rule]:
         "model.heads": at_least_1,
         "model.mlp_ratio": at_least_1,
         "model.patch_size": at_least_1,
+        "tracking.rerun": _one_of((True, False)),
+        "tracking.system_metrics": _one_of((True, False)),
+        "tracking.stale_after_min": _real(lambda v: v > 0, "> 0 (minutes)"),
         "dataset.name": _one_of(DATASETS),
         "dataset.train_size": _int_in(1, nullable=True),
         "dataset.split_seed": _int_in(0, SEED_MAX),
@@ -401,7 +417,7 @@ def _init_problems(cfg: DictConfig) -> list[str]:
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem (full key, bad value, what is valid) of a composed
     config that its schemas cannot catch: values left ???, keys added with +, ranges, options and
-    cross-field rules. Loads no data, opens no store; tracking.* and paths.* are not checked."""
+    cross-field rules. Loads no data, opens no store (Tracker checks tracking.uri); paths.* is not checked."""
     problems = [f"{key}: has no value (???)" for key in sorted(OmegaConf.missing_keys(cfg))
                 if key.split(".")[0] not in NOT_CHECKED]
     if not problems:  # the checks below read values

@@ -8,6 +8,7 @@ dataset classes from `data_dir`, downloaded there on first use.
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import tempfile
@@ -210,21 +211,36 @@ def _torchvision(name: str, root: Path) -> tuple[np.ndarray, ...]:
             np.asarray(train.targets), np.asarray(test.targets))
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int):
-    if size is None or size >= len(y):
+class DataSizeError(ValueError):
+    """dataset.train_size or dataset.val_size asks for more examples than the dataset has."""
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int, name: str):
+    """`size` examples drawn with `seed` (all for None); more than there are is refused, not capped,
+    so that the recorded train_size is the one trained on."""
+    if size is None or size == len(y):
         return x, y
-    if size < 1:
-        raise ValueError(f"dataset.train_size must be >= 1 or null, got {size}")
+    if not 1 <= size <= len(y):
+        raise DataSizeError(f"dataset.train_size={size}: {name} has {len(y)} training examples (after the "
+                            f"validation split, if any); valid: 1 to {len(y)}, or null for all of them")
     keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size]
     return x[keep], y[keep]
 
 
-def _val_indices(labels: np.ndarray, val_size: float | int | None, seed: int) -> np.ndarray:
+def _val_indices(labels: np.ndarray, val_size: float | int | None, seed: int, name: str) -> np.ndarray:
     """Indices of a stratified validation set of `val_size` examples (a count >= 1, or a fraction in
-    (0, 1) of the training set), drawn with `seed`; none for 0 or None."""
+    (0, 1) of the training set, rounded up as scikit-learn does), drawn with `seed`; none for 0 or None.
+    Each side of the split needs one example per class at least."""
     if not val_size:
         return np.arange(0)
     from sklearn.model_selection import train_test_split
+
+    n, classes = len(labels), len(np.unique(labels))
+    count = math.ceil(val_size * n) if isinstance(val_size, float) else val_size
+    if not classes <= count <= n - classes:
+        raise DataSizeError(f"dataset.val_size={val_size}: holds out {count} of the {n} training examples of "
+                            f"{name}, but a split stratified over its {classes} classes needs one of each on both "
+                            f"sides; valid: a count from {classes} to {n - classes}, a fraction giving one, 0 or null")
 
     _, val = train_test_split(np.arange(len(labels)), test_size=val_size, stratify=labels, random_state=seed)
     return np.sort(val)
@@ -246,7 +262,7 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
     else:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(VALID)}")
     seed = cfg.get("split_seed", 0)
-    held_out = _val_indices(np.asarray(train_y), cfg.get("val_size"), seed)
+    held_out = _val_indices(np.asarray(train_y), cfg.get("val_size"), seed, name)
     kept = np.setdiff1d(np.arange(len(train_y)), held_out)
 
     def to_tensors(x, y):
@@ -256,7 +272,7 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
         return x, torch.as_tensor(y, dtype=torch.long, device=device)
 
     val_x, val_y = to_tensors(train_x[held_out], np.asarray(train_y)[held_out])
-    train_x, train_y = _subset(*to_tensors(train_x[kept], np.asarray(train_y)[kept]), cfg.get("train_size"), seed)
+    train_x, train_y = _subset(*to_tensors(train_x[kept], np.asarray(train_y)[kept]), cfg.get("train_size"), seed, name)
     test_x, test_y = to_tensors(test_x, test_y)
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)

@@ -9,12 +9,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from .config import ConfigError
-from .data import DatasetUnavailable
+from .data import DatasetUnavailable, DataSizeError
+from .footprint import TooLarge
 from .init import InitError
 from .store import TrackingUnavailable
 
-# Found before training: the config, the policy against the model, the data. The sweep records these.
-REFUSED = (ConfigError, InitError, DatasetUnavailable)
+# Found before training: the config, the data, the model's size, the policy against the model. The sweep records these.
+REFUSED = (ConfigError, InitError, DatasetUnavailable, DataSizeError, TooLarge)
 USER_ERRORS = (*REFUSED, TrackingUnavailable)
 
 

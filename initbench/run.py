@@ -16,10 +16,12 @@ from . import __version__
 from .config import check_config
 from .data import SPLITS, Dataset, load_dataset
 from .errors import REFUSED
+from .footprint import check_fits
 from .init import InitReport, build_policy
 from .init.criticality import criticality_note
 from .interrupts import sigterm_as_interrupt
 from .models import build_model
+from .store import TrackingUnavailable
 from .tracking import Tracker, config_hash, flatten, git_commit, liveness
 from .train import FitResult, Scales, compiles, fit, resolve_device
 
@@ -71,6 +73,8 @@ def prepare(cfg: DictConfig, data: Dataset | None = None) -> Prepared:
     Jobs that share a dataset config may pass the `data` one of them loaded."""
     if data is None:
         data = load_dataset(cfg.dataset, cfg.paths.data_dir, job_device(cfg), image_size=cfg.model.get("image_size"))
+    check_fits(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True),
+               cfg.trainer.batch_size, data.shape, tuple(data.train_x.shape[1:]), data.train_x.device)
     model, report = build_initialized_model(cfg, data)
     return Prepared(data, model, report, optimizer_scales(cfg, model))
 
@@ -120,7 +124,8 @@ def already_done(cfg: DictConfig, tracker: Tracker) -> str | None:
     """Resuming a sweep: why this job need not run, or None. A `finished` or `diverged` run of this exact
     computation (seed included) makes it unnecessary, unless tracking.rerun=true; so does a RUNNING run
     of it whose process is alive (another process trains it now). RUNNING runs whose process is gone
-    are marked KILLED on the way."""
+    are marked KILLED on the way. In a multirun, the run that stands in for this job is tagged as a job of
+    this sweep too, so that the sweep's analysis covers every job of it, whenever it ran."""
     digest = config_hash(computed_config(cfg, job_device(cfg)))
     done = None
     for earlier in tracker.runs_with_hash(digest):
@@ -128,12 +133,23 @@ def already_done(cfg: DictConfig, tracker: Tracker) -> str | None:
         if earlier.info.status == "RUNNING":
             alive, why = liveness(earlier, 60 * cfg.tracking.stale_after_min)
             if alive:
+                join_sweep(tracker, run_id)
                 return f"run {run_id} of this config is running now: {why}"
             print(f"marking run {run_id} of {run_name(cfg)} KILLED: {why}")
             tracker.mark_killed(earlier)
         elif status in ("finished", "diverged") and done is None:
-            done = f"run {run_id} of this config already {status} (tracking.rerun=true runs it again)"
-    return None if cfg.tracking.get("rerun", False) else done
+            done = run_id, f"run {run_id} of this config already {status} (tracking.rerun=true runs it again)"
+    if done is None or cfg.tracking.rerun:
+        return None
+    join_sweep(tracker, done[0])
+    return done[1]
+
+
+def join_sweep(tracker: Tracker, run_id: str) -> None:
+    """In a multirun: the earlier run `run_id` stands in for this job, so it is a job of this sweep too."""
+    sweep = os.environ.get(SWEEP_ENV)
+    if sweep:
+        tracker.add_to_sweep(run_id, sweep)
 
 
 def dataset_inputs(cfg: DictConfig, data: Dataset) -> list[dict]:
@@ -189,8 +205,9 @@ def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
 def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Prepared] | None:
     """Everything before training, for a job about to run: its config checked, its tracker, its
     prepared model and data; None (and a line saying why) when it need not run (see already_done).
-    A job of a sweep refused here (a bad config, a policy that does not fit the model, a missing
-    dataset) is still recorded, as a `failed` run with its error, then the error is re-raised."""
+    A job of a sweep that stops here, refused (a bad config, a policy that does not fit the model, a
+    missing dataset) or crashed (a model that raises, out of memory), is still recorded, as a `failed`
+    run with its error, then the error is re-raised: every job of a sweep leaves a run."""
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("system_metrics", False))
     try:
         check_config(cfg)
@@ -199,9 +216,9 @@ def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Pre
             print(f"skip {run_name(cfg)}: {done}")
             return None
         job = prepare(cfg, data)
-    except REFUSED as err:
-        if os.environ.get(SWEEP_ENV):
-            record_refused(cfg, tracker, err)
+    except Exception as err:
+        if os.environ.get(SWEEP_ENV) and not isinstance(err, TrackingUnavailable):  # a store that can take it
+            record_unopened(cfg, tracker, err)
         raise
     print(job.report)
     note = criticality_note(build_policy(cfg.init), cfg.model.get("activation"))  # init=critical: the edge of chaos
@@ -213,32 +230,53 @@ def open_job(cfg: DictConfig, data: Dataset | None = None) -> tuple[Tracker, Pre
     return tracker, job
 
 
-def record_refused(cfg: DictConfig, tracker: Tracker, err: Exception) -> None:
-    """A `failed` run for a sweep's job that was refused before training: its name, its params as
-    given, its sweep, and the error, so that the sweep's table counts it."""
-    config = OmegaConf.to_container(cfg, resolve=False)
-    tags = {**sweep_tags(), "initbench.refused": "true"}
-    tracker.start(run_name(cfg), flatten(config), tags)
-    tracker.end("failed", error=f"{type(err).__name__}: {err}")
+def record_unopened(cfg: DictConfig, tracker: Tracker, err: Exception) -> None:
+    """A `failed` run for a sweep's job that stopped before its run opened: its name, its params (resolved
+    where they resolve), its sweep and config hash where they can be computed, and the error (a user's
+    mistake as its message, tagged initbench.refused; a crash with its traceback), so that the sweep's
+    table counts it. A store that refuses even this is reported, not raised: the job's own error goes on."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        tags = {"initbench.config_hash": config_hash(computed_config(cfg, job_device(cfg)))}
+    except Exception:  # noqa: BLE001  (an interpolation or device that is itself the problem)
+        config, tags = OmegaConf.to_container(cfg, resolve=False), {}
+    config["tracking"]["uri"] = tracker.uri  # cleaned of credentials
+    refused = isinstance(err, REFUSED)
+    tags.update({**sweep_tags(), "initbench.refused": str(refused).lower()})
+    error = f"{type(err).__name__}: {err}" if refused else "".join(traceback.format_exception(err))
+    try:
+        tracker.start(run_name(cfg), flatten(config), tags)
+        tracker.end("failed", error=error)
+    except Exception as store_err:  # noqa: BLE001
+        print(f"could not record the failure of {run_name(cfg)} in MLflow: {type(store_err).__name__}: {store_err}")
 
 
 def train_and_log(cfg: DictConfig, tracker: Tracker, job: Prepared) -> FitResult:
-    """Open the job's MLflow run, train, close the run. An exception during training marks the run
-    `failed` with its error text, Ctrl-C or SIGTERM marks it `killed` (with what it flushed), and both
-    close it and are re-raised."""
-    start_run(cfg, job, tracker)
+    """Open the job's MLflow run, train, close the run. An exception while the run opens (an artifact
+    store that refuses its files) or trains marks the run `failed` with its error text, Ctrl-C or SIGTERM
+    marks it `killed` (with what it flushed), and both close it and are re-raised."""
     try:
+        start_run(cfg, job, tracker)
         with sigterm_as_interrupt():
             result = fit(job.model, job.data, cfg.trainer, cfg.optimizer, cfg.seed, log=tracker.log_points,
                          scales=job.scales)
     except KeyboardInterrupt as err:
-        kill_run(cfg, tracker, err)
+        if tracker.run_id:
+            kill_run(cfg, tracker, err)
         raise
     except Exception as err:
-        fail_run(cfg, tracker, err)
+        close_failed(cfg, tracker, err)
         raise
     finish_run(cfg, tracker, result)
     return result
+
+
+def close_failed(cfg: DictConfig, tracker: Tracker, err: Exception) -> None:
+    """End the job's run `failed` with `err` where it opened; in a sweep, record the failure where it did not."""
+    if tracker.run_id:
+        fail_run(cfg, tracker, err)
+    elif os.environ.get(SWEEP_ENV):
+        record_unopened(cfg, tracker, err)
 
 
 def run(cfg: DictConfig) -> FitResult | None:

@@ -23,13 +23,23 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from .store import TrackingUnavailable, check_reachable, clean_uri, open_client, redact, resolve_uri, sqlite_path
+from .store import (
+    TrackingUnavailable,
+    check_reachable,
+    clean_uri,
+    open_client,
+    redact,
+    resolve_uri,
+    sqlite_path,
+    with_password,
+)
 
 # MLflow's per-request limits (log_batch): 1000 metrics, 100 params, 100 tags; param values 6000 chars.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_PARAM_CHARS = 1000, 100, 100, 6000
 # Config groups that say where things go, not what is computed: left out of the config hash.
 NOT_HASHED = ("paths", "tracking")
 MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+MAX_EXPERIMENT_CHARS = 256  # MLflow's SQL stores: experiments.name is a String(256)
 MAX_ERROR_CHARS = 5000  # of a traceback, its end: the line that names the exception
 # The tag MLflow's UI reads to open an experiment on its runs (the classic training view), not on the
 # GenAI overview of traces; a value of its ExperimentKind enum.
@@ -38,6 +48,9 @@ EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
 SYSTEM_METRICS_INTERVAL_S = 2  # tracking.system_metrics: one sample of CPU, memory, GPU every this many seconds
 PARENT_TAG = "initbench.parent"  # a sweep's parent run: its jobs are its children, its analysis is logged to it
 # Who runs a run, and when it last flushed: how another process tells a live run from a dead one.
+# A run of an earlier sweep that a later sweep's job found done (and skipped) carries one such tag per later
+# sweep, so that the later sweep's analysis covers it: `initbench.in_sweep.<sweep id>` = when (Unix ms).
+MEMBER_TAG_PREFIX = "initbench.in_sweep."
 HOST_TAG, PROCESS_TAG, HEARTBEAT_TAG = "initbench.host", "initbench.process", "initbench.heartbeat"
 
 
@@ -134,6 +147,9 @@ class Tracker:
         if not isinstance(experiment, str) or not experiment.strip():
             raise TrackingUnavailable(f"tracking.experiment={experiment!r}: an experiment needs a name, "
                                       "e.g. tracking.experiment=initbench")
+        if len(experiment) > MAX_EXPERIMENT_CHARS:
+            raise TrackingUnavailable(f"tracking.experiment={experiment[:40]}... has {len(experiment)} characters; "
+                                      f"MLflow's stores hold names of at most {MAX_EXPERIMENT_CHARS}")
         check_reachable(self.uri)
         self.experiment = experiment
         self.run_id: str | None = None
@@ -210,13 +226,17 @@ class Tracker:
         self._log_params(run.info.run_id, params or {})
         return run.info.run_id
 
-    def close_sweep_run(self, run_id: str) -> None:
-        """End a sweep's parent run (FINISHED: its jobs say how each went); a store that is gone by
-        now is reported, not raised, since this runs as the process exits."""
+    def close_sweep_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a sweep's parent run: FINISHED, or FAILED where a job failed (its run says why); a store
+        that is gone by now is reported, not raised, since this runs as the process exits."""
         try:
-            self.client.set_terminated(run_id, "FINISHED")
+            self.client.set_terminated(run_id, status)
         except Exception as err:  # noqa: BLE001  (at exit: say it, do not mask the exit status)
             print(f"could not close the sweep's parent run {run_id}: {type(err).__name__}: {err}")
+
+    def add_to_sweep(self, run_id: str, sweep: str) -> None:
+        """Count the earlier run `run_id` as a job of sweep `sweep` too, from now (tag MEMBER_TAG_PREFIX + sweep)."""
+        self.client.set_tag(run_id, f"{MEMBER_TAG_PREFIX}{sweep}", f"{time.time() * 1000:.0f}")
 
     def mark_killed(self, run) -> None:
         """Close a run whose process is gone; its logged metrics stay."""
@@ -235,7 +255,7 @@ class Tracker:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                                                 tracking_uri=self.uri)
+                                                 tracking_uri=with_password(self.uri))
             self._monitor.start()
         return self.run_id
 

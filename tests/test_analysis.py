@@ -114,20 +114,23 @@ def result(store):
 
 @pytest.mark.slow
 def test_groups_and_counts(result):
-    table = result.summary.set_index("init")
-    assert sorted(table.index) == ["default", "kaiming"]
+    """The diverging run differs from the sweep's kaiming runs in optimizer.lr: a group of its own."""
+    table = result.summary.set_index(["init", "optimizer.lr"])
+    assert sorted(table.index) == [("default", 0.02), ("kaiming", 0.02), ("kaiming", 1e6)]
     assert (table.model == "mlp").all() and (table.dataset == "digits").all()
     counts = ["n_runs", "n_seeds", "n_used", "n_diverged", "n_failed", "n_incomplete"]
-    assert table.loc["default", counts].tolist() == [3, 3, 3, 0, 0, 0]
-    assert table.loc["kaiming", counts].tolist() == [4, 4, 3, 1, 0, 0]
+    assert table.loc[("default", 0.02), counts].tolist() == [3, 3, 3, 0, 0, 0]
+    assert table.loc[("kaiming", 0.02), counts].tolist() == [3, 3, 3, 0, 0, 0]
+    assert table.loc[("kaiming", 1e6), counts].tolist() == [1, 1, 0, 1, 0, 0]
     assert result.runs.set_index("seed").query("init == 'kaiming'").loc[3, "status"] == "diverged"
+    assert "grouped also by optimizer.lr (runs of one group differed in them)" in result.markdown
 
 
 @pytest.mark.slow
 def test_means_equal_pandas_on_the_raw_runs_without_the_diverged_one(store, result):
     raw = raw_runs(uri_of(store))
     finished = raw[raw.status == "finished"].groupby("init")
-    table = result.summary.set_index("init").sort_index()
+    table = result.summary[result.summary.n_used > 0].set_index("init").sort_index()  # the sweep's lr
     # one epoch: final test accuracy = test accuracy at best val (where the runs have a validation split);
     # final train loss = the mean of all its batch losses
     pairs = [("final_test_acc", "test_acc"), ("final_train_loss", "train_loss")]
@@ -149,12 +152,11 @@ def test_means_equal_pandas_on_the_raw_runs_without_the_diverged_one(store, resu
 
 @pytest.mark.slow
 def test_markdown_is_ranked_and_says_diverged_runs_are_not_averaged(result):
-    rows = [line for line in result.markdown.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    rows = [line for line in result.markdown.splitlines() if line.startswith(("| 1 |", "| 2 |", "| 3 |"))]
     by = "best_val_acc_mean" if result.runs.has_val.any() else "final_test_acc_mean"  # never a test maximum
-    ranked = result.summary.sort_values(by, ascending=False).init.tolist()
+    ranked = result.summary.sort_values(by, ascending=False).init.tolist()  # the diverged group, unscored, last
     assert [row.split("|")[2].strip() for row in rows] == ranked
-    kaiming = next(row for row in rows if "| kaiming |" in row)
-    assert "| 4 | 1 | 0 |" in kaiming  # n, diverged, failed
+    assert "| 3 | kaiming | 1000000.0 | 1 | 1 | 0 |" in rows[2]  # n, diverged, failed
     assert "those are counted, not averaged in" in result.markdown
     assert "(model=mlp, dataset=digits)" in result.markdown  # keys shared by every group go in the caption
 
@@ -187,7 +189,7 @@ def test_the_analysis_goes_to_the_sweeps_parent_run_and_later_analysis_ignores_i
     assert parent.data.tags["mlflow.note.content"] == result.markdown  # its Description: the ranked table
     logged = {a.path for a in client.list_artifacts(result.sweep_run_id, "analysis")}
     assert logged == {f"analysis/{p.name}" for p in result.files} | {"analysis/summary.json"}
-    assert parent.data.tags["initbench.analysis.group_by"] == "model,dataset,init"
+    assert parent.data.tags["initbench.analysis.group_by"] == "model,dataset,init,optimizer.lr"  # what it grouped by
     again = load_sweep(uri_of(store), "initbench")  # the parent run is not a job
     assert again.sweep == result.sweep.sweep and len(again.runs) == 7
 

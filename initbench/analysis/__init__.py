@@ -19,12 +19,16 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from .grid import HEATMAP_MEASURES, PERCENT, NoValidation, heatmap, tune
+from .groups import differing_keys
 from .load import HISTORY_KEYS, NoRuns, SweepRuns, load_sweep, parameter_order
 from .plots import plot_curves, plot_grad_norms, plot_heatmap, plot_layer_vitals
 from .report import (
+    OutUnusable,
+    check_out,
     heatmap_markdown,
     log_to_sweep_run,
     markdown_table,
+    remove_stale,
     root_cause,
     tune_markdown,
     vitals_markdown,
@@ -33,8 +37,8 @@ from .report import (
 from .stats import VAL, UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
 from .vitals import KINDS, group_layer_vitals, group_vitals, layer_vitals, run_vitals, without_vitals
 
-__all__ = ["Analysis", "HEATMAP_MEASURES", "NoRuns", "NoValidation", "SweepRuns", "UnknownGroupKey", "analyze",
-           "load_sweep", "per_run", "summarize"]
+__all__ = ["Analysis", "HEATMAP_MEASURES", "NoRuns", "NoValidation", "OutUnusable", "SweepRuns", "UnknownGroupKey",
+           "analyze", "load_sweep", "per_run", "summarize"]
 
 DEFAULT_GROUP_BY = ("model", "dataset", "init")
 DEFAULT_LOSS_THRESHOLD = 0.5
@@ -63,6 +67,7 @@ class Analysis:
     tune_grid: pd.DataFrame | None = None
     heatmap: pd.DataFrame | None = None
     measure: str | None = None
+    removed: list[Path] = field(default_factory=list)  # files of an earlier analysis in `out`, removed
 
 
 def _file_part(key: str) -> str:
@@ -82,15 +87,24 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     accuracy for runs without validation) per cell of the two, one panel per value of the other group
     keys (grid.heatmap).
 
+    Every table groups by `group_by` (with `tune_key` and `heatmap_keys`) and by every other param in
+    which runs of one group differ (groups.differing_keys), the seed aside: it never averages two configs.
+
     Writes the tables and plots to `out` (default results/<sweep id>) and, with `log_to_mlflow`, the
     same files to the sweep's parent run; if the store refuses it (read-only, unreachable), the
     result says why in `log_error`. Raises NoRuns when there is nothing to analyze, UnknownGroupKey (a
     ValueError) for a key the runs do not have, NoValidation (a ValueError) for a selection on
-    validation accuracy of runs without a validation split; nothing is written then."""
+    validation accuracy of runs without a validation split, OutUnusable for an `out` that is a file or
+    cannot be written; nothing is written then. Files an earlier analysis left in `out` that this one
+    does not write are removed (`removed`)."""
     data = load_sweep(uri, experiment, sweep)
-    keys = list(dict.fromkeys([*group_by, *([tune_key] if tune_key else [])]))
+    out = Path(out) if out is not None else Path("results") / data.sweep
+    check_out(out)
     axes = tuple(heatmap_keys) if heatmap_keys else ()
-    runs = per_run(data, list(dict.fromkeys([*keys, *axes])), loss_threshold)
+    asked = list(dict.fromkeys([*group_by, *([tune_key] if tune_key else []), *axes]))
+    differing = differing_keys(data.runs, asked)
+    keys = [*asked, *differing]  # a row of any table is one config (over seeds)
+    runs = per_run(data, keys, loss_threshold)
     report_of = functools.cache(lambda run_id: parameter_order(data.uri, run_id))  # one download per run
     grads = first_epoch_grad_norms(data, report_of)
     layers = layer_vitals(data, report_of)
@@ -102,6 +116,8 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     kinds = [k for k in KINDS if (vitals.kind == k).any()]
     title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in "
              f"{len(summary)} groups")
+    if differing:
+        title += f", grouped also by {', '.join(differing)} (runs of one group differed in them)"
     superseded = [f"{r.run_name} ({r.status})" for r in data.superseded.itertuples()]
     sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded),
                 vitals_markdown(summary, keys, kinds, without_vitals(runs, layers))]
@@ -121,7 +137,8 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
                          f"mean best validation accuracy % per {tune_key}; n runs per cell; ★ the chosen value",
                          True, "chosen"))
     if axes:
-        result.heatmap, result.measure, panels = heatmap(runs, keys, axes, measure)
+        panel_keys = [k for k in keys if k not in axes]
+        result.heatmap, result.measure, panels = heatmap(runs, panel_keys, axes, measure)
         name = f"heatmap_{_file_part(axes[0])}_{_file_part(axes[1])}"
         sections.append(heatmap_markdown(result.heatmap, panels, axes, result.measure, f"{name}.csv, {name}.png"))
         extra[f"{name}.csv"] = result.heatmap
@@ -130,7 +147,6 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
                          "n runs per cell", result.measure in PERCENT, None))
     result.markdown = markdown = "\n".join(sections)
 
-    out = Path(out) if out is not None else Path("results") / data.sweep
     curves = data.curves[data.curves.key.isin(HISTORY_KEYS)]
     files = write_outputs(out, runs, summary, curves, grad_table, markdown, keys, extra)
     files += [plot_curves(runs, curves, keys, "train/loss", out / "train_loss.png"),
@@ -144,6 +160,7 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     for grid, panels, rows, columns, value, n, name, caption, percent, marked in heatmaps:
         files.append(plot_heatmap(grid, panels, rows, columns, value, n, out / name, caption, percent, marked))
     result.files = files
+    result.removed = remove_stale(out, files)
     if log_to_mlflow:
         options = {"group_by": ",".join(keys), "baseline": str(baseline), "loss_threshold": str(loss_threshold),
                    "runs": str(len(runs))}

@@ -7,7 +7,16 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..store import TrackingUnavailable
-from . import DEFAULT_GROUP_BY, DEFAULT_LOSS_THRESHOLD, HEATMAP_MEASURES, NoRuns, NoValidation, UnknownGroupKey, analyze
+from . import (
+    DEFAULT_GROUP_BY,
+    DEFAULT_LOSS_THRESHOLD,
+    HEATMAP_MEASURES,
+    NoRuns,
+    NoValidation,
+    OutUnusable,
+    UnknownGroupKey,
+    analyze,
+)
 
 # The runs' own defaults (conf/tracking/default.yaml), so that a bare command finds what a bare run logged.
 TRACKING_CONF = Path(__file__).resolve().parents[2] / "conf" / "tracking" / "default.yaml"
@@ -76,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except NoValidation as err:  # --tune or a validation measure on runs without a validation split
         print(f"cannot select on validation: {err}", file=sys.stderr)
         return 2
+    except OutUnusable as err:
+        print(f"cannot write the analysis: {err}", file=sys.stderr)
+        return 2
     except TrackingUnavailable as err:  # a store that cannot be read: its own one-line reason
         print(f"TrackingUnavailable: {err}", file=sys.stderr)
         return 2
@@ -84,11 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     print(result.markdown)
     out = result.files[0].parent
     print(f"wrote {', '.join(p.name for p in result.files)} to {out}")
+    if result.removed:
+        print(f"removed what an earlier analysis left there: {', '.join(p.name for p in result.removed)}")
     uri = result.sweep.uri
     if result.sweep_run_id:
         print(f"logged them to the sweep's parent run {result.sweep_run_id} (sweep-{result.sweep.sweep}) "
               f"in experiment {result.sweep.experiment!r}")
-    print(f"open the runs with: mlflow ui --backend-store-uri {uri}")
+    if uri.startswith(("http://", "https://")):  # a tracking server is its own UI
+        print(f"open the runs in MLflow's UI: {uri}")
+    else:
+        print(f"open the runs with: mlflow ui --backend-store-uri {uri}")
     if result.log_error:  # the analysis succeeded: a warning, exit status 0
         print(f"warning: the summary could not be logged to MLflow ({uri}): {result.log_error}; --no-log skips "
               "this step", file=sys.stderr)

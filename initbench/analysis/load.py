@@ -16,8 +16,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ..metric_keys import metric_name
-from ..store import clean_uri, open_client, resolve_uri, sqlite_path
-from ..tracking import PARENT_TAG
+from ..store import clean_uri, open_client, resolve_uri, sqlite_path, with_password
+from ..tracking import MEMBER_TAG_PREFIX, PARENT_TAG
 
 STATUS_TAG, SWEEP_TAG = "initbench.status", "initbench.sweep"
 HASH_TAG = "tags.initbench.config_hash"  # the column of the tag that names a run's exact config
@@ -92,6 +92,22 @@ def _sweep_of(frame: pd.DataFrame) -> pd.Series:
     return frame.get(f"tags.{SWEEP_TAG}", pd.Series(None, index=frame.index)).fillna("(none)")
 
 
+def joined_at(frame: pd.DataFrame) -> pd.DataFrame:
+    """Which runs each sweep holds beyond its own: (run_id, sweep, time) per run of an earlier sweep that a
+    later sweep's job found done and skipped (tag MEMBER_TAG_PREFIX + sweep id, see initbench.run.join_sweep)."""
+    prefix = f"tags.{MEMBER_TAG_PREFIX}"
+    rows = [(run_id, column[len(prefix):], pd.to_datetime(int(value), unit="ms", utc=True))
+            for column in frame.columns if column.startswith(prefix)
+            for run_id, value in zip(frame.run_id, frame[column], strict=True) if isinstance(value, str)]
+    return pd.DataFrame(rows, columns=["run_id", "sweep", "time"])
+
+
+def latest_sweep(frame: pd.DataFrame, joined: pd.DataFrame) -> str:
+    """The sweep that a job started or joined last."""
+    times = pd.concat([frame.groupby("sweep").start_time.max(), joined.groupby("sweep").time.max()])
+    return times.groupby(level=0).max().idxmax()
+
+
 def describe_store(client: MlflowClient, uri: str) -> str:
     """Each experiment of the store with its sweeps (id, start, number of runs, inits), newest first."""
     lines = [f"experiments and sweeps in {uri}:"]
@@ -158,7 +174,8 @@ def fetch_histories(client: MlflowClient, runs: pd.DataFrame, uri: str) -> pd.Da
 
 
 def load_sweep(uri: str, experiment: str, sweep: str | None = None) -> SweepRuns:
-    """The runs of `sweep` (the latest one when None; every run of the experiment when "all").
+    """The runs of `sweep` (the one a job started or joined last when None; every run of the experiment
+    when "all"): its own runs and the earlier runs its jobs found done and skipped.
 
     Raises NoRuns, listing the experiments and sweeps that exist, when there is nothing to analyze."""
     uri = resolve_uri(clean_uri(uri))
@@ -170,10 +187,12 @@ def load_sweep(uri: str, experiment: str, sweep: str | None = None) -> SweepRuns
     if frame.empty:
         raise NoRuns(f"experiment {experiment!r} has no runs.\n{describe_store(client, uri)}")
     frame = frame.assign(sweep=_sweep_of(frame))
-    if sweep is None:  # the sweep of the most recently started run
-        sweep = frame.sort_values("start_time").sweep.iloc[-1]
-    if sweep != "all":
-        frame = frame[frame.sweep == sweep].reset_index(drop=True)
+    joined = joined_at(frame)
+    if sweep is None:
+        sweep = latest_sweep(frame, joined)
+    if sweep != "all":  # its own runs and those its jobs found done, whenever they ran
+        member = frame.run_id.isin(joined.run_id[joined.sweep == sweep])
+        frame = frame[(frame.sweep == sweep) | member].reset_index(drop=True)
     if frame.empty:
         raise NoRuns(f"no runs of sweep {sweep!r} in experiment {experiment!r}.\n"
                      f"{describe_store(client, uri)}")
@@ -185,7 +204,7 @@ def load_sweep(uri: str, experiment: str, sweep: str | None = None) -> SweepRuns
 def parameter_order(uri: str, run_id: str) -> pd.DataFrame | None:
     """The run's init_report.csv (param, shape, ... in model order), or None where it has none; `param` as
     the metric keys write it (metric_name)."""
-    client = MlflowClient(uri)
+    client = MlflowClient(with_password(uri))
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no progress bar for one small file
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
         try:

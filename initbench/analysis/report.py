@@ -2,6 +2,7 @@
 
 import logging
 import math
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -288,6 +289,42 @@ def vitals_markdown(summary: pd.DataFrame, group_keys: list[str], kinds: list[st
         notes.append(f"Left out: {without} averaged run(s) that logged no vitals (logged before initbench "
                      "measured them).")
     return "\n\n".join([_caption(title, same), "\n".join(lines), *notes]) + "\n"
+
+
+# Every file an analysis writes (write_outputs and the plots): what an earlier analysis left in the same
+# folder and this one did not write is removed, so a folder never mixes two analyses.
+OUTPUT_PATTERNS = ("summary.md", "summary.csv", "runs.csv", "curves.csv", "grad_norms.csv", "vitals.csv",
+                   "tune.csv", "tune_grid.csv", "tune.png", "heatmap_*.csv", "heatmap_*.png", "train_loss.png",
+                   "test_acc.png", "val_acc.png", "grad_norms.png", "act_std.png", "dead_frac.png")
+
+
+class OutUnusable(ValueError):
+    """The analysis' output folder is a file or cannot be written: found before anything is computed."""
+
+
+def check_out(out: Path) -> None:
+    """OutUnusable unless the folder `out`, or the nearest folder above it where it does not exist yet,
+    takes a file (a probe, removed at once), so that an analysis never computes a table it cannot write.
+    Creates nothing."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutUnusable(f"--out {out}: {existing} is a file; give a folder (it is made if missing)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise OutUnusable(f"--out {out} cannot be written ({err.strerror or err} in {existing}); give a "
+                          "writable folder") from None
+
+
+def remove_stale(out: Path, written: list[Path]) -> list[Path]:
+    """Remove the files of OUTPUT_PATTERNS in `out` that this analysis did not write (an earlier one's
+    tune.png, say); returns them."""
+    keep = {p.name for p in written}
+    stale = sorted({p for pattern in OUTPUT_PATTERNS for p in out.glob(pattern) if p.name not in keep})
+    for path in stale:
+        path.unlink()
+    return stale
 
 
 def write_outputs(out: Path, runs: pd.DataFrame, summary: pd.DataFrame, curves: pd.DataFrame,

@@ -46,11 +46,13 @@ def param_column(runs: pd.DataFrame, key: str) -> str:
 
 
 def cast(values: pd.Series) -> pd.Series:
-    """MLflow params are strings: numbers become numbers where every value is one ('null' stays text)."""
+    """MLflow params are strings: numbers become numbers where every value is one ('null' stays text);
+    integers where every value is a whole number that int64 holds exactly (so 1e308 stays a float)."""
     numbers = pd.to_numeric(values, errors="coerce")
     if numbers.notna().sum() == values.notna().sum():
-        as_int = numbers.dropna()
-        return numbers.astype("Int64") if (as_int == as_int.round()).all() else numbers
+        given = numbers.dropna()
+        whole = (given == given.round()).all() and (given.abs() < 2**53).all()
+        return numbers.astype("Int64") if whole else numbers
     return values
 
 
@@ -147,12 +149,14 @@ def first_epoch_grad_norms(sweep: SweepRuns, report_of: ReportOf = lambda run_id
 
     Runs with the same parameter names share one architecture; `report_of(run_id)` gives one run's init
     report (columns param, shape, in model order): 2 or more dims make a layer weight. Without a report
-    that names them all: natural name order, and a layer weight is a name ending in weight*."""
+    that names them all (init_report.csv missing), the model order is unknown: `order_known` is False,
+    `position` is natural name order (for plots only) and a layer weight is a name ending in weight*."""
     grads = sweep.curves[sweep.curves.key.str.startswith(GRAD_PREFIXES)]
     table = grads.groupby(["run_id", "key"], as_index=False).value.mean()
     table.insert(1, "param", table.key.str.replace(f"^(?:{'|'.join(GRAD_PREFIXES)})", "", regex=True))
     table = table.drop(columns="key").rename(columns={"value": "grad_norm"})
     table["position"], table["is_layer"] = pd.Series(dtype="Int64"), pd.Series(dtype="boolean")
+    table["order_known"] = False
     architectures = table.groupby("run_id").param.agg(frozenset)
     for names, run_ids in architectures.groupby(architectures).groups.items():
         report = report_of(run_ids[0])
@@ -160,6 +164,7 @@ def first_epoch_grad_norms(sweep: SweepRuns, report_of: ReportOf = lambda run_id
             report = report[report.param.isin(names)]
             order = list(report.param)
             weight = dict(zip(order, report["shape"].astype(str).str.contains("x"), strict=True))
+            table.loc[table.run_id.isin(run_ids), "order_known"] = True
         else:
             order = sorted(names, key=_natural)
             weight = {n: n.rsplit(".", 1)[-1].startswith("weight") for n in names}
@@ -342,13 +347,18 @@ def summarize(runs: pd.DataFrame, grads: pd.DataFrame, group_keys: list[str], ba
         steps = ok.steps_to_loss.dropna()
         row["steps_to_loss_median"] = float(np.median(steps)) if len(steps) else math.nan
         row["n_reached_loss"] = int(np.isfinite(steps).sum())
-        per_layer = layer_grads[layer_grads.run_id.isin(ok.run_id)].groupby("position").grad_norm.mean()
-        first, last = (per_layer.iloc[0], per_layer.iloc[-1]) if len(per_layer) else (math.nan,) * 2
+        own = layer_grads[layer_grads.run_id.isin(ok.run_id)]
+        unordered = own.loc[~own.order_known, "run_id"].nunique()
+        per_layer = own.groupby("position").grad_norm.mean()
+        first, last = (per_layer.iloc[0], per_layer.iloc[-1]) if len(per_layer) and not unordered else (math.nan,) * 2
         row.update(grad_norm_first=first, grad_norm_last=last,
                    grad_norm_ratio=first / last if last else math.nan)
         seeds = group.seed.value_counts()
         repeated = ", ".join(f"seed {s} x{n}" for s, n in seeds[seeds > 1].items())
         notes = [f"{r.run_name}: {r.flag}" for r in ok.itertuples() if r.flag]
+        if unordered:  # first and last layer need the model's order, which only init_report.csv gives
+            notes.append(f"grad norm first/last not computed: {unordered} run(s) have no init_report.csv "
+                         "artifact, so the layer order is unknown")
         row["notes"] = "; ".join(notes + ([f"repeated {repeated}"] if repeated else []))
         row["ranked_by"] = VAL if row[f"{VAL}_n"] else FINAL if row[f"{FINAL}_n"] else ""
         row["compared_on"] = measure

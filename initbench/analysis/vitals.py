@@ -16,7 +16,7 @@ from .load import VITALS_PREFIXES, SweepRuns
 from .stats import COUNTED_ONLY, ReportOf
 
 KINDS = ("act_std", "dead_frac")  # one figure each
-LAYER_COLUMNS = ["run_id", "kind", "layer", "position", "epoch", "value"]
+LAYER_COLUMNS = ["run_id", "kind", "layer", "position", "order_known", "epoch", "value"]
 JACOBIAN = ("sv_mean", "sv_max")  # of vitals/jacobian/*, the runs table's columns
 RUN_MEASURES = (*JACOBIAN, "dead_frac_init", "dead_frac_last")  # per run; per group: mean, std, n
 ROOT = metric_name("(model)")
@@ -51,7 +51,8 @@ def layer_order(layers, params: list[str] | None) -> list[str]:
 def layer_vitals(sweep: SweepRuns, report_of: ReportOf = lambda run_id: None) -> pd.DataFrame:
     """One row per run, kind (act_std, dead_frac), layer and epoch (0: init): the logged value, and the
     layer's `position` in model order (0, 1, ...; see layer_order, with the init report of one run per
-    set of layer names). Layer names as the current keys write them: `(model)` is read as `_model_`."""
+    set of layer names; `order_known` False and natural name order where that run has no init report).
+    Layer names as the current keys write them: `(model)` is read as `_model_`."""
     curves = sweep.curves
     points = curves[curves.key.str.startswith(VITALS_PREFIXES)] if len(curves) else curves
     if points.empty:
@@ -61,12 +62,13 @@ def layer_vitals(sweep: SweepRuns, report_of: ReportOf = lambda run_id: None) ->
                           "epoch": points.step.astype(int), "value": points.value.astype(float)})
     table = table.drop_duplicates(["run_id", "kind", "layer", "epoch"], keep="last")
     architectures = table.groupby("run_id").layer.agg(frozenset)
-    table["position"] = 0
+    table["position"], table["order_known"] = 0, False
     for names, run_ids in architectures.groupby(architectures).groups.items():
         report = report_of(min(run_ids))
         order = layer_order(names, None if report is None else list(report.param))
         rows = table.run_id.isin(run_ids)
         table.loc[rows, "position"] = table.loc[rows, "layer"].map({n: i for i, n in enumerate(order)})
+        table.loc[rows, "order_known"] = report is not None
     return table[LAYER_COLUMNS].sort_values(["run_id", "kind", "position", "epoch"], ignore_index=True)
 
 
@@ -81,12 +83,13 @@ def group_layer_vitals(runs: pd.DataFrame, layers: pd.DataFrame, group_keys: lis
 
 def run_vitals(sweep: SweepRuns, layers: pd.DataFrame) -> pd.DataFrame:
     """Per run: the Jacobian's sv_mean and sv_max at init; the deepest layer a ReLU reads
-    (`dead_frac_layer`) and its dead fraction at init and at the last epoch logged (NaN without one)."""
+    (`dead_frac_layer`) and its dead fraction at init and at the last epoch logged (NaN without one, and
+    where the layer order is unknown: which layer is deepest needs the run's init report)."""
     runs = sweep.runs
     out = pd.DataFrame({"run_id": runs.run_id})
     for name in JACOBIAN:
         out[name] = runs.get(f"metrics.vitals/jacobian/{name}", pd.Series(float("nan"), index=runs.index)).values
-    dead = layers[layers.kind == "dead_frac"]
+    dead = layers[(layers.kind == "dead_frac") & layers.order_known.astype(bool)]
     deepest = dead[dead.position == dead.groupby("run_id").position.transform("max")]
     init = deepest[deepest.epoch == 0].set_index("run_id")
     trained = deepest[deepest.epoch > 0].sort_values("epoch").groupby("run_id").last()

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
-from ..run import Prepared, fail_run, finish_run, kill_run, open_job, run_name, start_run, train_and_log
+from ..run import Prepared, close_failed, fail_run, finish_run, kill_run, open_job, run_name, start_run, train_and_log
 from ..tracking import Tracker
 from ..train import FitResult, autocast_dtype
 from .functional import Unbatchable, param_names, stack_models
@@ -174,6 +174,7 @@ def _run_chunk(cfgs: list[DictConfig], jobs: list[Prepared], trackers: list[Trac
             start_run(cfg, job, tracker)
             live.append(i)
         except Exception as err:
+            close_failed(cfg, tracker, err)
             outcomes[i].error = err
 
     def log_to(i):
@@ -223,7 +224,7 @@ def run_jobs(cfgs: list[DictConfig], max_models: int = 64, mode: str = "auto", c
         for i in group:  # what initbench.run.run does before training, with the data loaded once
             try:
                 opened = open_job(cfgs[i], data)
-            except Exception as err:  # a bad config or a missing dataset: no run, as with run()
+            except Exception as err:  # a bad config or a missing dataset: a failed run, as with run()
                 print(f"{run_name(cfgs[i])} failed before training: {type(err).__name__}: {err}")
                 outcomes[i] = JobOutcome(error=err)
                 continue
@@ -238,7 +239,8 @@ def run_jobs(cfgs: list[DictConfig], max_models: int = 64, mode: str = "auto", c
         try:
             chunk = plan([job for _, job, _ in ready], cfgs[ready[0][0]], mode, max_models, say)
         except Exception as err:
-            for i, _, _ in ready:
+            for i, _, tracker in ready:
+                close_failed(cfgs[i], tracker, err)
                 outcomes[i] = JobOutcome(error=err)
             continue
         if chunk == 1:

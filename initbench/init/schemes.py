@@ -107,10 +107,22 @@ class Scheme:
         return float(self.mean(shape, args)) if self.mean else (0.0 if self.std else math.nan)
 
     def __call__(self, tensor: Tensor, generator: torch.Generator | None, args: dict) -> Tensor:
+        """Fill `tensor` in place and return it. A function (a user's _target_) that returns a new tensor
+        instead has it copied in, so the label never names a policy that left the old values; other
+        return values, a wrong shape and non-finite values (NaN, inf) are refused with a ValueError."""
         with torch.no_grad():
-            if self.takes_generator:
-                return self.fn(tensor, generator=generator, **args)
-            return self.fn(tensor, **args)
+            out = self.fn(tensor, generator=generator, **args) if self.takes_generator else self.fn(tensor, **args)
+            if isinstance(out, Tensor) and out is not tensor:
+                if out.shape != tensor.shape:
+                    raise ValueError(f"{self.name} returned a tensor of shape {tuple(out.shape)} for one of shape "
+                                     f"{tuple(tensor.shape)}; fill the tensor it is given in place")
+                tensor.copy_(out)
+            elif out is not None and out is not tensor:
+                raise ValueError(f"{self.name} returned a {type(out).__name__}; an init fills the tensor it is "
+                                 "given in place and returns it (or None)")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{self.name} filled non-finite values (NaN or inf): nothing can train from them")
+        return tensor
 
 
 def _is_a(value: Any, kind: type) -> bool:  # a YAML int is a fine float; a bool is no number
