@@ -1,6 +1,6 @@
 """The metric keys of the diagnostics, `vitals/<kind>/<name>`, made MLflow-safe in one place.
 
-No torch here: the trainers write these keys (initbench.diagnostics) and the analysis reads them back.
+No torch here: the trainers write these keys (initbench.vitals.points) and the analysis reads them back.
 """
 
 import re

@@ -21,8 +21,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .config import ConfigError, check_config
 from .data import Dataset, load_dataset
 from .errors import USER_ERRORS, exit_with_message
-from .init import signal_probe
-from .init.diagnostics import (
+from .run import build_initialized_model, job_device, optimizer_scales, prepare
+from .train import build_optimizer, float32_math
+from .vitals.measures import (
     JACOBIAN_EXAMPLES,
     activation_vitals,
     coordinate_check,
@@ -30,8 +31,7 @@ from .init.diagnostics import (
     jacobian_summary,
     width_slopes,
 )
-from .run import build_initialized_model, job_device, optimizer_scales, prepare
-from .train import build_optimizer, float32_math
+from .vitals.signal import signal_probe
 
 DEFAULT_STEPS = 10
 OPTIONS = ("widths", "steps", "plot")

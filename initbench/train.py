@@ -1,4 +1,5 @@
-"""The training loop for one model: data on the device, a batch is an index, metrics flushed per epoch.
+"""The training step of one model (the loop is initbench.epochs'): data on the device, a batch is an
+index, metrics flushed per epoch.
 
 fit() knows nothing of MLflow: it hands metric points (key, value, step) to a `log` callback once per
 epoch. Steps: `train/loss` and `vitals/grad_norm/<param>` use the global step k = 1, 2, ... (the k-th
@@ -10,33 +11,21 @@ batch); `train/acc`, `val/loss`, `val/acc` (where the data has a validation set)
 
 import functools
 import inspect
-import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from hydra.utils import instantiate
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .config import SCHEDULES
 from .data import Dataset
-from .diagnostics import MetricPoint, epoch_points, init_points, vitals_key
-
-logger = logging.getLogger(__name__)
-LogFn = Callable[[list[MetricPoint]], None]
-
-
-@dataclass
-class FitResult:
-    status: str  # "finished" or "diverged"
-    final: dict[str, float] = field(default_factory=dict)  # last epoch's train/test loss and acc
-    steps: int = 0  # optimizer steps taken
-
+from .epochs import EpochSums, FitResult, LogFn, train_epochs
+from .metric_keys import vitals_key
+from .vitals.points import MetricPoint, epoch_points, init_points
 
 # trainer.precision -> autocast dtype; tf32 trains float32 tensors with TF32 matmuls and convolutions
 PRECISIONS = {"float32": None, "tf32": None, "bf16": torch.bfloat16}
@@ -165,26 +154,6 @@ def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable
     return step
 
 
-def evaluated_splits(data: Dataset) -> tuple[str, ...]:
-    """The held-out splits evaluated after each epoch: val (where the data has one), then test."""
-    return ("val", "test") if data.has_val else ("test",)
-
-
-def epoch_results(epoch: int, train_loss: float, train_acc: float, held_out: dict[str, tuple[float, float]]):
-    """(final, accuracy points, loss points) of an epoch: `final` maps train/loss, train/acc and
-    <split>/loss, <split>/acc for each held-out split to its value; the points are at step `epoch`."""
-    final = {"train/loss": train_loss, "train/acc": train_acc}
-    for split, (loss, acc) in held_out.items():
-        final.update({f"{split}/loss": loss, f"{split}/acc": acc})
-    accuracies = [("train/acc", train_acc, epoch)] + [(f"{s}/acc", acc, epoch) for s, (_, acc) in held_out.items()]
-    losses = [(f"{s}/loss", loss, epoch) for s, (loss, _) in held_out.items()]
-    return final, accuracies, losses
-
-
-def _first_non_finite(values: list[float]) -> int | None:
-    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-
-
 Scales = Mapping[str, Mapping[str, float]]  # parameter name -> {optimizer option: factor}
 
 
@@ -224,6 +193,52 @@ def build_optimizer(optimizer, named: list[tuple[str, nn.Parameter]], scales: Sc
     return make([{"params": params, **{k: options[k] * f for k, f in factors}} for factors, params in groups.items()])
 
 
+class SingleSteps:
+    """EpochSteps for one model (K = 1): eager, or its loss under torch.compile (loss_and_logits)."""
+
+    def __init__(self, model: nn.Module, data: Dataset, trainer, opt: torch.optim.Optimizer, schedule, named):
+        self.model, self.data, self.trainer, self.opt, self.schedule = model, data, trainer, opt, schedule
+        self.params = [p for _, p in named]
+        self.amp = autocast_dtype(trainer)
+        self.step = loss_and_logits(model, trainer, data.train_x.device)
+
+    def train(self, perms: torch.Tensor, step0: int, with_norms: bool, progress) -> EpochSums:
+        device, batch, (perm,) = self.data.train_x.device, self.trainer.batch_size, perms
+        steps = math.ceil(len(perm) / batch)
+        losses = torch.empty(steps, device=device)
+        grad_norms = torch.empty(steps, len(self.params), device=device) if with_norms else None
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for i in range(steps):
+            idx = perm[i * batch:(i + 1) * batch]
+            x, y = self.data.train_x[idx], self.data.train_y[idx]
+            self.opt.zero_grad()  # before the forward: under CUDA graphs, the last step's gradients are graph memory
+            loss, logits = self.step(x, y)
+            loss.backward()
+            if with_norms:
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+                grad_norms[i] = torch.stack(torch._foreach_norm(grads))
+            self.opt.step()
+            if self.schedule is not None:
+                self.schedule.step()
+            losses[i] = loss.detach()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+            progress.update()
+        return EpochSums(losses[:, None], loss_sum[None], correct[None],
+                         grad_norms[:, :, None] if with_norms else None)
+
+    def epoch_points(self, j: int, epoch: int) -> list[MetricPoint]:
+        return epoch_points(self.model, self.data.train_x[:self.trainer.batch_size], epoch)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+        loss, acc = evaluate(self.model, x, y, self.trainer.eval_batch_size, self.amp)
+        return [loss], [acc]
+
+    def stop(self, stopped: list[int]) -> None:
+        """Nothing to copy: the model trains in place."""
+
+
 @in_float32_math
 def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: LogFn | None = None,
         scales: Scales | None = None) -> FitResult:
@@ -236,76 +251,15 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...), its options multiplied per
     parameter by `scales` (see build_optimizer).
     A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;
-    the steps before it are logged.
+    the steps before it are logged (initbench.epochs: the loop).
     """
     log = log or (lambda points: None)
-    device = data.train_x.device
-    model.to(device).train()
+    model.to(data.train_x.device).train()
     named = list(model.named_parameters())
-    grad_keys = [vitals_key("grad_norm", name) for name, _ in named]
     opt = build_optimizer(optimizer, named, scales)
-    n, batch = len(data.train_y), trainer.batch_size
-    steps_per_epoch = math.ceil(n / batch)
-    total_steps = trainer.epochs * steps_per_epoch
-    schedule = lr_scheduler(opt, trainer.schedule, total_steps)
-    order = torch.Generator().manual_seed(seed)
-    amp = autocast_dtype(trainer)
-    step = loss_and_logits(model, trainer, device)
-
+    total_steps = trainer.epochs * math.ceil(len(data.train_y) / trainer.batch_size)
+    steps = SingleSteps(model, data, trainer, opt, lr_scheduler(opt, trainer.schedule, total_steps), named)
+    batch = trainer.batch_size
     log(init_points(model, data.train_x[:batch], data.train_y[:batch]))  # the signal, dead units, the Jacobian
-    progress = tqdm(total=total_steps, disable={"auto": None, True: False, False: True}[trainer.progress],
-                    desc="train", unit="step", leave=False)
-    result = FitResult("finished")
-    for epoch in range(1, trainer.epochs + 1):
-        first_epoch = epoch == 1
-        perm = torch.randperm(n, generator=order).to(device)
-        losses = torch.empty(steps_per_epoch, device=device)
-        grad_norms = torch.empty(steps_per_epoch, len(named), device=device) if first_epoch else None
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch:(i + 1) * batch]
-            x, y = data.train_x[idx], data.train_y[idx]
-            opt.zero_grad()  # before the forward: under CUDA graphs the last step's gradients are the graph's memory
-            loss, logits = step(x, y)
-            loss.backward()
-            if first_epoch:
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in named]
-                grad_norms[i] = torch.stack(torch._foreach_norm(grads))
-            opt.step()
-            if schedule is not None:
-                schedule.step()
-            losses[i] = loss.detach()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == y).sum()
-            progress.update()
-        log(epoch_points(model, data.train_x[:batch], epoch))  # diagnostics at the epoch's end
-
-        # the one CPU-GPU synchronization of the epoch
-        step_losses = losses.tolist()
-        step0 = (epoch - 1) * steps_per_epoch
-        bad = _first_non_finite(step_losses)
-        kept = step_losses if bad is None else step_losses[:bad]
-        points = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
-        if first_epoch:
-            points += [(key, v, i + 1) for i, row in enumerate(grad_norms[:len(kept)].tolist())
-                       for key, v in zip(grad_keys, row, strict=True)]
-        result.steps = step0 + len(kept)
-        if bad is not None:
-            log(points)
-            result.status = "diverged"
-            break
-        train_loss, train_acc = loss_sum.item() / n, correct.item() / n
-        held_out = {split: evaluate(model, getattr(data, f"{split}_x"), getattr(data, f"{split}_y"),
-                                    trainer.eval_batch_size, amp) for split in evaluated_splits(data)}
-        result.final, accuracies, losses_out = epoch_results(epoch, train_loss, train_acc, held_out)
-        if not all(math.isfinite(loss) for loss, _ in held_out.values()):  # the last steps blew the weights up
-            log(points + accuracies)
-            result.status = "diverged"
-            break
-        log(points + accuracies + losses_out)
-        progress.set_postfix(epoch=epoch, loss=f"{train_loss:.4f}", test_acc=f"{held_out['test'][1]:.3f}")
-        logger.info("epoch %d/%d: %s", epoch, trainer.epochs,
-                    ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
-    progress.close()
+    [result] = train_epochs(steps, data, trainer, [seed], [log], [vitals_key("grad_norm", name) for name, _ in named])
     return result

@@ -21,9 +21,9 @@ from initbench.analysis import SweepRuns, analyze
 from initbench.analysis.cli import main
 from initbench.analysis.report import NO_VITALS
 from initbench.analysis.vitals import layer_order, layer_vitals
-from initbench.diagnostics import epoch_points, init_points
 from initbench.metric_keys import vitals_key
 from initbench.run import SWEEP_ENV, run
+from initbench.vitals.points import epoch_points, init_points
 
 from .conftest import compose_config
 from .test_analysis_fair import log_run, new_store, uri_of

@@ -10,14 +10,16 @@ from torch.nn import functional as F
 
 from initbench.config import ConfigError
 from initbench.data import load_dataset
-from initbench.diagnostics import epoch_points, init_points, metric_name
-from initbench.init import build_policy, signal_probe
-from initbench.init.diagnostics import activation_vitals, jacobian_singular_values, jacobian_summary
+from initbench.init import build_policy
+from initbench.metric_keys import metric_name
 from initbench.models import DataShape, build_model
 from initbench.probe import main as probe_main
 from initbench.probe import probe_options, width_check, width_tables
 from initbench.run import build_initialized_model
 from initbench.train import fit
+from initbench.vitals.measures import activation_vitals, jacobian_singular_values, jacobian_summary
+from initbench.vitals.points import epoch_points, init_points
+from initbench.vitals.signal import signal_probe
 
 from .conftest import compose_config
 

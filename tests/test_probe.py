@@ -8,8 +8,9 @@ from omegaconf import OmegaConf
 from sklearn.datasets import load_digits
 from torch import nn
 
-from initbench.init import build_policy, signal_probe
+from initbench.init import build_policy
 from initbench.models import DataShape, build_model
+from initbench.vitals.signal import signal_probe
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "init"
 DIGITS = DataShape(1, 8, 8, 10)

@@ -2,7 +2,7 @@
 group, the Jacobian's spectrum at init and the dead units of the deepest layer a ReLU reads.
 
 The trainers log `vitals/act_std/<layer>` and `vitals/dead_frac/<layer>` at step 0 (init) and at the
-end of each epoch (step = epoch), and `vitals/jacobian/*` at step 0 (initbench.diagnostics). Runs
+end of each epoch (step = epoch), and `vitals/jacobian/*` at step 0 (initbench.vitals.points). Runs
 logged before that have none of them, or `act_std/<layer>` at init only: they add nothing here and
 raise nothing. As everywhere in the analysis, the means are over the runs that neither diverged,
 failed nor were killed.

@@ -20,9 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
+from ..epochs import FitResult
 from ..run import Prepared, close_failed, fail_run, finish_run, kill_run, open_job, run_name, start_run, train_and_log
 from ..tracking import Tracker
-from ..train import FitResult, autocast_dtype
+from ..train import autocast_dtype
 from .functional import Unbatchable, param_names, stack_models
 from .optim import StackedOptimizer
 from .trainer import BatchedSteps, fit_batched

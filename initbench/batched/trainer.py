@@ -1,10 +1,10 @@
-"""fit() for K models at once: the same data pipeline, metrics and divergence rule, one vmapped step.
+"""fit() for K models at once: the same epoch loop (initbench.epochs: data order, metrics, divergence
+rule), one vmapped step.
 
-Each model keeps its own seed (its data order: torch.randperm(n, generator=Generator().manual_seed(
-seed)) per epoch, as in fit), its own learning rate and its own metrics; a model whose loss turns
-non-finite stops at the end of that epoch, like fit(): its state is copied out and no longer logged,
-while the others go on. All per-step metrics stay on the device; the one host synchronization is at
-the epoch's end.
+Each model keeps its own seed (its data order), its own learning rate and its own metrics; a model
+whose loss turns non-finite stops at the end of that epoch, like fit(): its state is copied out and no
+longer logged, while the others go on. All per-step metrics stay on the device; the one host
+synchronization is at the epoch's end.
 """
 
 import math
@@ -17,16 +17,10 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..diagnostics import epoch_points, init_points, vitals_key
-from ..train import (
-    FitResult,
-    LogFn,
-    Scales,
-    autocast_dtype,
-    epoch_results,
-    evaluated_splits,
-    in_float32_math,
-)
+from ..epochs import EpochSums, FitResult, LogFn, train_epochs
+from ..metric_keys import vitals_key
+from ..train import Scales, autocast_dtype, in_float32_math
+from ..vitals.points import epoch_points, init_points
 from .functional import param_names, stack_models, unstack_into
 from .optim import StackedOptimizer, optimizer_spec
 
@@ -118,8 +112,46 @@ class BatchedSteps:
         return [v / len(y) for v in loss.tolist()], [v / len(y) for v in correct.tolist()]
 
 
-def _first_non_finite(values: list[float]) -> int | None:
-    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+class BatchedEpoch:
+    """EpochSteps for K stacked models: a pass of BatchedSteps.train per epoch, each model's vitals on its
+    own unstacked state, and the state copied back into the models that stop. A stopped model keeps its
+    slot (its state no longer changes what the others compute): the batch keeps its shape, so a compiled
+    step is never compiled again for a smaller K."""
+
+    def __init__(self, steps: BatchedSteps, models: Sequence[nn.Module], params, buffers, data: Dataset,
+                 trainer, opt: StackedOptimizer):
+        self.steps, self.models, self.params, self.buffers = steps, models, params, buffers
+        self.data, self.trainer, self.opt = data, trainer, opt
+
+    def train(self, perms: torch.Tensor, step0: int, with_norms: bool, progress) -> EpochSums:
+        k, n, batch = len(self.models), perms.shape[1], self.trainer.batch_size
+        steps, device = math.ceil(n / batch), perms.device
+        losses = torch.empty(steps, k, device=device)
+        grad_norms = torch.empty(steps, len(self.steps.names), k, device=device) if with_norms else None
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, device=device)
+        for i in range(steps):
+            idx = perms[:, i * batch:(i + 1) * batch]
+            x, y = self.data.train_x[idx], self.data.train_y[idx]
+            loss, right, norms = self.steps.train(self.params, self.buffers, x, y, self.opt.coefficients(step0 + i),
+                                                  with_norms)
+            losses[i] = loss
+            loss_sum += loss * idx.shape[1]
+            correct += right
+            if with_norms:
+                grad_norms[i] = norms
+            progress.update()
+        return EpochSums(losses, loss_sum, correct, grad_norms)
+
+    def epoch_points(self, j: int, epoch: int) -> list:
+        unstack_into([self.models[j]], self.params, self.buffers, [j])
+        return epoch_points(self.models[j], self.data.train_x[:self.trainer.batch_size], epoch)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+        return self.steps.evaluate(self.params, self.buffers, x, y, self.trainer.eval_batch_size)
+
+    def stop(self, stopped: list[int]) -> None:
+        unstack_into([self.models[j] for j in stopped], self.params, self.buffers, stopped)
 
 
 @in_float32_math
@@ -143,13 +175,11 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
     device = data.train_x.device
     _, options = optimizer_spec(optimizer)
     lrs = [float(options["lr"])] * k if lrs is None else [float(lr) for lr in lrs]
-    n, batch = len(data.train_y), trainer.batch_size
-    steps_per_epoch = math.ceil(n / batch)
-    total_steps = trainer.epochs * steps_per_epoch
+    batch = trainer.batch_size
+    total_steps = trainer.epochs * math.ceil(len(data.train_y) / batch)
     autocast = autocast_dtype(trainer)
     template, params, buffers = stack_models(list(models), device)
     names = param_names(models[0])
-    grad_keys = [vitals_key("grad_norm", name) for name in names]
     dtype = params[names[0]].dtype
     opt = StackedOptimizer.build(optimizer, lrs, trainer.schedule, total_steps, device, dtype, scales=scales)
     steps = BatchedSteps(template, names, opt, device, autocast,
@@ -158,68 +188,5 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
 
     for model, log in zip(models, logs, strict=True):
         log(init_points(model.to(device).train(), data.train_x[:batch], data.train_y[:batch]))  # as fit() does
-    orders = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-    results = [FitResult("finished") for _ in range(k)]
-    live = list(range(k))  # the models still training; slot k of the stacked state is model k
-
-    for epoch in range(1, trainer.epochs + 1):
-        first_epoch = epoch == 1
-        perms = torch.stack([torch.randperm(n, generator=order) for order in orders]).to(device)
-        losses = torch.empty(steps_per_epoch, k, device=device)
-        grad_norms = torch.empty(steps_per_epoch, len(names), k, device=device) if first_epoch else None
-        loss_sum = torch.zeros(k, device=device)
-        correct = torch.zeros(k, device=device)
-        step0 = (epoch - 1) * steps_per_epoch
-        for i in range(steps_per_epoch):
-            idx = perms[:, i * batch:(i + 1) * batch]
-            x, y = data.train_x[idx], data.train_y[idx]
-            loss, right, norms = steps.train(params, buffers, x, y, opt.coefficients(step0 + i), first_epoch)
-            losses[i] = loss
-            loss_sum += loss * idx.shape[1]
-            correct += right
-            if first_epoch:
-                grad_norms[i] = norms
-        for j in live:  # fit()'s diagnostics at the epoch's end, on each model's own (unstacked) state
-            unstack_into([models[j]], params, buffers, [j])
-            logs[j](epoch_points(models[j], data.train_x[:batch], epoch))
-
-        # the one CPU-GPU synchronization of the epoch
-        step_losses = losses.T.tolist()
-        norms_of = grad_norms.permute(2, 0, 1).tolist() if first_epoch else None
-        points: dict[int, list] = {}
-        diverged = []
-        for j in live:
-            bad = _first_non_finite(step_losses[j])
-            kept = step_losses[j] if bad is None else step_losses[j][:bad]
-            pts = [("train/loss", v, step0 + i + 1) for i, v in enumerate(kept)]
-            if first_epoch:
-                pts += [(key, v, i + 1) for i, row in enumerate(norms_of[j][:len(kept)])
-                        for key, v in zip(grad_keys, row, strict=True)]
-            results[j].steps = step0 + len(kept)
-            if bad is not None:
-                logs[j](pts)
-                results[j].status = "diverged"
-                diverged.append(j)
-            points[j] = pts
-        sums, rights = loss_sum.tolist(), correct.tolist()
-        survivors = [j for j in live if j not in diverged]
-        if survivors:  # split -> (losses, accuracies), one value per model
-            held_out = {split: steps.evaluate(params, buffers, getattr(data, f"{split}_x"), getattr(data, f"{split}_y"),
-                                              trainer.eval_batch_size) for split in evaluated_splits(data)}
-        for j in survivors:
-            mine = {split: (losses_j[j], accs_j[j]) for split, (losses_j, accs_j) in held_out.items()}
-            results[j].final, accuracies, losses_out = epoch_results(epoch, sums[j] / n, rights[j] / n, mine)
-            if not all(math.isfinite(loss) for loss, _ in mine.values()):  # the last steps blew the weights up
-                logs[j](points[j] + accuracies)
-                results[j].status = "diverged"
-                diverged.append(j)
-            else:
-                logs[j](points[j] + accuracies + losses_out)
-        # A stopped model keeps its slot (its state no longer changes what the others compute): the
-        # batch keeps its shape, so a compiled step is never compiled again for a smaller K.
-        unstack_into([models[j] for j in diverged], params, buffers, diverged)
-        live = [j for j in live if j not in diverged]
-        if not live:
-            break
-    unstack_into([models[j] for j in live], params, buffers, live)
-    return results
+    stacked = BatchedEpoch(steps, models, params, buffers, data, trainer, opt)
+    return train_epochs(stacked, data, trainer, seeds, logs, [vitals_key("grad_norm", name) for name in names])

@@ -1,4 +1,5 @@
-"""Weight-init policies: declarative rules over a registry of schemes, with a report and a probe.
+"""Weight-init policies: declarative rules over a registry of schemes, with a report (the measuring
+code, the signal probe included, is initbench.vitals).
 
     from initbench.init import build_policy
     policy = build_policy(cfg.init)                       # a conf/init/*.yaml file
@@ -7,8 +8,7 @@
     print(report)
 
 Modules: schemes (the registry), functional (init functions torch lacks), matching (where-clauses),
-policy (rules -> fills), report (InitReport), lsuv (data-dependent rescaling), probe (signal_probe),
-diagnostics (dead units, the input-output Jacobian's singular values, the width check), residual (the
+policy (rules -> fills), report (InitReport), lsuv (data-dependent rescaling), residual (the
 Fixup, GPT-2 and mimetic schemes, which read model structure facts: structure), mup (μP's width-scaled
 schemes and the per-parameter optimizer factors they ask for: InitPolicy.optimizer_scales), criticality
 (the edge of chaos: critical, and kumar), isometric (delta_orthogonal, zero_init).
@@ -20,9 +20,7 @@ from . import (
     mup,  # noqa: F401  (registers mup_input, mup_hidden, mup_output, mup_vector and their optimizer factors)
     residual,  # noqa: F401  (registers fixup_normal, branch_scaled_normal, mimetic_qkv, mimetic_out)
 )
-from .diagnostics import activation_vitals, coordinate_check, jacobian_singular_values, jacobian_summary
 from .policy import InitError, InitPolicy, Rule, build_policy
-from .probe import signal_probe
 from .report import REPORT_COLUMNS, InitReport
 from .schemes import SCHEMES, Scheme, register
 
@@ -34,11 +32,6 @@ __all__ = [
     "InitReport",
     "Rule",
     "Scheme",
-    "activation_vitals",
     "build_policy",
-    "coordinate_check",
-    "jacobian_singular_values",
-    "jacobian_summary",
     "register",
-    "signal_probe",
 ]

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .probe import first_tensor, side_effect_free
+from ..vitals.signal import first_tensor, side_effect_free
 
 LSUV_COLUMNS = ("layer", "iterations", "var_before", "var_after", "converged")
 

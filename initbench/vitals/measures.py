@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from .probe import first_tensor, parameter_owners, side_effect_free
+from .signal import first_tensor, parameter_owners, side_effect_free
 
 VITALS_COLUMNS = ("layer", "act_std", "dead_frac")
 JACOBIAN_STATS = ("sv_mean", "sv_max", "sv_min", "sv_log_std")

@@ -24,9 +24,9 @@ import math
 import torch
 from torch import nn
 
-from .init import signal_probe
-from .init.diagnostics import activation_vitals, jacobian_singular_values, jacobian_summary
-from .metric_keys import metric_name, vitals_key  # noqa: F401  (metric_name: for callers of this module)
+from ..metric_keys import vitals_key
+from .measures import activation_vitals, jacobian_singular_values, jacobian_summary
+from .signal import signal_probe
 
 logger = logging.getLogger(__name__)
 MetricPoint = tuple[str, float, int]  # (key, value, step)
