@@ -336,7 +336,7 @@ def assert_table_then_one_warning(captured, reason: str) -> None:
 
 
 def test_a_read_only_store_gets_the_table_and_a_one_line_warning(agreeing, tmp_path, monkeypatch, capfd):
-    monkeypatch.setattr("initbench.analysis.report.Tracker", read_only(uri_of(agreeing)))
+    monkeypatch.setattr("initbench.analysis.summary.Tracker", read_only(uri_of(agreeing)))
     assert main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path)]) == 0  # the analysis succeeded
     assert_table_then_one_warning(capfd.readouterr(), "OperationalError: attempt to write a readonly database")
     assert (tmp_path / "summary.md").exists()

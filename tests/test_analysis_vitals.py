@@ -19,7 +19,7 @@ from torch import nn
 
 from initbench.analysis import SweepRuns, analyze
 from initbench.analysis.cli import main
-from initbench.analysis.report import NO_VITALS
+from initbench.analysis.summary import NO_VITALS
 from initbench.analysis.vitals import layer_order, layer_vitals
 from initbench.metric_keys import vitals_key
 from initbench.run import SWEEP_ENV, run

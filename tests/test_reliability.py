@@ -156,6 +156,49 @@ def test_config_hash_counts_what_is_computed_only():
     assert base.tracking.rerun is False and digest("tracking.rerun=true", "tracking.experiment=x") == same
 
 
+def _changed(value):
+    """Another value of the same kind (what an override could set instead)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, value[-1] if value else 1]
+    return 1  # None
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    leaves = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            leaves += _leaves(value, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", value))
+    return leaves
+
+
+# trainer.device and trainer.compile are hashed as what they resolve to (above); trainer.progress is a bar
+SHOWN_NOT_COMPUTED = ("paths.", "tracking.", "trainer.progress", "trainer.device", "trainer.compile")
+
+
+@pytest.mark.parametrize("group", ["model=mlp", "model=lenet", "model=transformer", "model=lstm", "init=lsuv",
+                                   "optimizer=adam", "dataset=mnist1d", "init=critical"])
+def test_every_key_that_changes_the_computation_changes_the_config_hash(group):
+    """A resumed sweep skips a job only when its exact computation has run: every key of every group but
+    where-things-go and how-they-show gives a new hash, so a changed config trains again."""
+    cfg = compose_config([group])
+    same = config_hash(computed_config(cfg, torch.device("cpu")))
+    keys = [(k, v) for k, v in _leaves(OmegaConf.to_container(cfg, resolve=False))
+            if not k.startswith(SHOWN_NOT_COMPUTED)]
+    assert len(keys) > 10
+    for key, value in keys:
+        changed = cfg.copy()
+        OmegaConf.update(changed, key, _changed(value), merge=False)
+        assert config_hash(computed_config(changed, torch.device("cpu"))) != same, key
+
+
 def _sweep(overrides: list[str], experiment: str = "initbench", params=None):
     return OmegaConf.create({"tracking": {"experiment": experiment, "uri": "sqlite:///mlflow.db"},
                              "hydra": {"overrides": {"task": overrides}, "sweeper": {"params": params},

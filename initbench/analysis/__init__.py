@@ -4,9 +4,10 @@
     result = analyze("sqlite:///mlflow.db", out="results/my_sweep")   # the latest sweep
     print(result.markdown)
 
-load (MLflow -> pandas) -> stats (per run, then per group over seeds; selection on validation, BCa
-CIs, comparisons with Holm's correction) and vitals (per-layer activation std and dead units through
-training, the Jacobian at init) -> grid (--tune, --heatmap) -> report (markdown, files, the sweep's
+load (MLflow -> pandas) -> groups (which keys make a row: the asked ones and every param the runs of
+a row differ in) -> stats (per run, then per group over seeds; selection on validation, BCa CIs,
+comparisons with Holm's correction) and vitals (per-layer activation std and dead units through
+training, the Jacobian at init) -> grid (--tune, --heatmap) -> summary (markdown, files, the sweep's
 parent run in MLflow) and plots (PNG).
 """
 
@@ -22,7 +23,8 @@ from .grid import HEATMAP_MEASURES, PERCENT, NoValidation, heatmap, tune
 from .groups import differing_keys
 from .load import HISTORY_KEYS, NoRuns, SweepRuns, load_sweep, parameter_order
 from .plots import plot_curves, plot_grad_norms, plot_heatmap, plot_layer_vitals
-from .report import (
+from .stats import VAL, UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
+from .summary import (
     OutUnusable,
     check_out,
     heatmap_markdown,
@@ -34,7 +36,6 @@ from .report import (
     vitals_markdown,
     write_outputs,
 )
-from .stats import VAL, UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
 from .vitals import KINDS, group_layer_vitals, group_vitals, layer_vitals, run_vitals, without_vitals
 
 __all__ = ["Analysis", "HEATMAP_MEASURES", "NoRuns", "NoValidation", "OutUnusable", "SweepRuns", "UnknownGroupKey",

@@ -7,8 +7,8 @@ Modules: functional (stacking, the vmap-able LSTM), optim (SGD/Adam on stacked p
 trainer (fit_batched), sweep (a multirun's jobs grouped, chunked and logged; the Hydra launcher's core).
 """
 
-from .functional import LoopLSTM, Unbatchable, stack_models, vmappable
 from .optim import StackedOptimizer, optimizer_spec
+from .stacking import LoopLSTM, Unbatchable, stack_models, vmappable
 from .trainer import BatchedSteps, fit_batched
 
 __all__ = ["BatchedSteps", "LoopLSTM", "StackedOptimizer", "Unbatchable", "fit_batched", "optimizer_spec",

@@ -16,7 +16,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from ..train import lr_scheduler
-from .functional import Unbatchable
+from .stacking import Unbatchable
 
 # Options that select an implementation, not the arithmetic.
 _IMPLEMENTATION = {"foreach", "fused", "capturable", "differentiable"}

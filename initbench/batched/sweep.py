@@ -24,8 +24,8 @@ from ..epochs import FitResult
 from ..run import Prepared, close_failed, fail_run, finish_run, kill_run, open_job, run_name, start_run, train_and_log
 from ..tracking import Tracker
 from ..train import autocast_dtype
-from .functional import Unbatchable, param_names, stack_models
 from .optim import StackedOptimizer
+from .stacking import Unbatchable, param_names, stack_models
 from .trainer import BatchedSteps, fit_batched
 
 PER_MODEL = ("seed", "init", "optimizer.lr")  # what may differ between the models of one batch

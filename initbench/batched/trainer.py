@@ -21,8 +21,8 @@ from ..epochs import EpochSums, FitResult, LogFn, train_epochs
 from ..metric_keys import vitals_key
 from ..train import Scales, autocast_dtype, in_float32_math
 from ..vitals.points import epoch_points, init_points
-from .functional import param_names, stack_models, unstack_into
 from .optim import StackedOptimizer, optimizer_spec
+from .stacking import param_names, stack_models, unstack_into
 
 EVAL_ROWS = 65536  # at most this many test examples (all models together) per evaluation pass
 
