@@ -63,7 +63,7 @@ def reference_mean_field(phi, dphi, sigma_w, sigma_b):
     ("tanh", math.tanh, lambda x: 1 - math.tanh(x) ** 2, 1.5, 0.0),
     ("tanh", math.tanh, lambda x: 1 - math.tanh(x) ** 2, 2.5, 0.3),
     ("sigmoid", lambda x: 1 / (1 + math.exp(-x)), lambda x: math.exp(-x) / (1 + math.exp(-x)) ** 2, 10.5, 0.2),
-])  # fmt: skip
+])
 def test_fixed_point_and_chi_1_match_adaptive_quadrature(activation, phi, dphi, sigma_w, sigma_b):
     expected = reference_mean_field(phi, dphi, sigma_w, sigma_b)
     assert mean_field(activation, sigma_w, sigma_b) == pytest.approx(expected, rel=1e-8)
@@ -105,7 +105,7 @@ def test_critical_expected_std_is_sigma_w_over_sqrt_fan_in_and_matches_the_weigh
     ("critical", {"sigma_w": 1.7, "sigma_b": 0.3}, (5000,), 0.3),
     ("critical", {"sigma_w": 1.2}, (40, 10, 5), 1.2 / math.sqrt(50)),  # a conv: fan_in = c_in * k
     ("kumar", {"activation": "sigmoid"}, (200, 50), math.sqrt(12.8 / 50)),
-])  # fmt: skip
+])
 def test_samples_are_the_normal_the_theory_names(name, args, shape, std):
     scheme, args = SCHEMES[name], SCHEMES[name].resolve(args)
     sample = scheme(torch.empty(shape, dtype=torch.float64), torch.Generator().manual_seed(3), dict(args))

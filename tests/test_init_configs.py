@@ -34,7 +34,7 @@ DETERMINISTIC = {"default", "zeros", "ones", "rezero", "zero_init"}
 SHIPPED = {"default", "kaiming", "kaiming_uniform", "xavier", "xavier_normal", "lecun", "orthogonal", "normal",
            "uniform", "zeros", "ones", "docs_mixed", "d2l_custom", "lstm_forget_bias", "lsuv", "fixup", "skipinit",
            "rezero", "zero_residual", "gpt2_scaled", "mimetic", "critical", "kumar", "delta_orthogonal",
-           "zero_init", "mup"}  # fmt: skip
+           "zero_init", "mup"}
 
 
 def build(model_name: str, seed: int = 0):

@@ -82,7 +82,7 @@ def test_docs_mixed_reproduces_seed_000_layer_by_layer():
         "conv1.weight": "xavier_uniform", "conv1.bias": "default", "conv2.weight": "kaiming_uniform",
         "conv2.bias": "default", "fc1.weight": "xavier_uniform", "fc1.bias": "default",
         "fc2.weight": "xavier_uniform", "fc2.bias": "default", "fc3.weight": "normal", "fc3.bias": "default",
-    }  # fmt: skip
+    }
 
 
 def test_docs_mixed_refuses_other_models():
@@ -182,7 +182,7 @@ def test_lstm_forget_bias_makes_the_sum_one(layers):
 
 def test_custom_target_function_gets_the_generator_and_args():
     report = policy({"where": {"param": "weight"}, "_target_": "initbench.init.functional.d2l_bimodal_",
-                     "args": {"low": 1.0, "high": 2.0}}).apply(nn.Linear(50, 40), gen())  # fmt: skip
+                     "args": {"low": 1.0, "high": 2.0}}).apply(nn.Linear(50, 40), gen())
     assert report.frame["scheme"].tolist() == ["initbench.init.functional.d2l_bimodal_", "default"]
     assert report.frame["max"][0] <= 2.0 and report.frame["min"][0] >= -2.0
 
@@ -195,7 +195,7 @@ def test_fan_based_scheme_on_a_bias_is_refused_before_anything_changes():
     model = lenet()
     before = snapshot(model)
     bad = policy({"where": {"module": "Linear"}, "scheme": "kaiming_normal"},
-                 {"where": {"module": "Conv2d"}, "scheme": "xavier_normal"})  # fmt: skip
+                 {"where": {"module": "Conv2d"}, "scheme": "xavier_normal"})
     with pytest.raises(InitError) as err:
         bad.apply(model, gen())
     text = str(err.value)
@@ -211,7 +211,7 @@ def test_fan_based_scheme_on_a_bias_is_refused_before_anything_changes():
     ("identity", {"name": "fc1.weight"}, "fc1.weight (shape 120x576)", "identity needs a square 2-D tensor"),
     ("dirac", {"name": "fc2.weight"}, "fc2.weight (shape 84x120)", "dirac fills 3-, 4- or 5-D conv weights"),
     ("lstm_forget_bias", {"name": "fc3.bias"}, "fc3.bias (shape 10)", "lstm_forget_bias fills an LSTM's"),
-])  # fmt: skip
+])
 def test_shapes_a_scheme_cannot_fill(scheme, where, param, says):
     model = lenet()
     before = snapshot(model)
@@ -269,7 +269,7 @@ def broken_init_(tensor, generator=None):
     ({"name": "t", "rulez": []}, r"unknown keys \['rulez'\]"),
     ({"rules": []}, "needs `name: <str>`"),
     ({"name": "t", "lsuv": {"tolerance": 0.1}}, r"unknown lsuv keys \['tolerance'\]"),
-])  # fmt: skip
+])
 def test_config_errors_list_the_valid_names(cfg, says):
     with pytest.raises(InitError, match=says) as err:
         build_policy(cfg)

@@ -21,7 +21,7 @@ def default_report(module: nn.Module):
 
 @pytest.mark.parametrize(("module", "fan_in"), [
     (nn.Linear(300, 200), 300), (nn.Conv2d(16, 32, 3), 16 * 9), (nn.Conv1d(8, 24, 5), 40),
-])  # fmt: skip
+])
 def test_default_reproduces_a_fresh_layers_bounds(module, fan_in):
     """Linear/Conv: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)); the bias has the same bound."""
     report = default_report(module)
@@ -60,13 +60,13 @@ def test_default_leaves_the_model_as_built():
 def test_columns_csv_and_table(tmp_path):
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
     policy = build_policy({"name": "kaiming", "rules": [
-        {"where": {"param": "weight"}, "scheme": "kaiming_normal", "args": {"nonlinearity": "relu"}}]})  # fmt: skip
+        {"where": {"param": "weight"}, "scheme": "kaiming_normal", "args": {"nonlinearity": "relu"}}]})
     report = policy.apply(model, torch.Generator().manual_seed(0))
     assert tuple(report.frame.columns) == REPORT_COLUMNS
     assert report.torch_version == torch.__version__ and report.lsuv is None
     first = report.frame.iloc[0]
     assert (first["param"], first["shape"], first["scheme"], first["fan_in"], first["fan_out"]) == (
-        "0.weight", "30x20", "kaiming_normal", 20, 30)  # fmt: skip
+        "0.weight", "30x20", "kaiming_normal", 20, 30)
     assert first["expected_std"] == pytest.approx(math.sqrt(2 / 20))
     assert pd.isna(report.frame.iloc[1]["fan_in"])  # a bias has no fans
 
@@ -89,13 +89,13 @@ FORGET_ONE = {"name": "forget_one", "rules": [  # a constant per gate: 1 on f, 0
     {"where": {"module": "LSTM", "param": ["bias_ih", "bias_hh"], "gate": "f"}, "scheme": "constant",
      "args": {"val": 1.0}},
     {"where": {"module": "LSTM", "param": ["bias_ih", "bias_hh"], "gate": ["i", "g", "o"]}, "scheme": "zeros"},
-]}  # fmt: skip
+]}
 
 
 @pytest.mark.parametrize(("policy", "std"), [
     (OmegaConf.load(INIT_CONF / "lstm_forget_bias.yaml"), math.sqrt(3) / 8),  # 0.5 on a quarter
     (FORGET_ONE, math.sqrt(3) / 4),  # 1 on a quarter
-], ids=["lstm_forget_bias", "per-gate-constants"])  # fmt: skip
+], ids=["lstm_forget_bias", "per-gate-constants"])
 def test_expected_std_of_a_bias_with_one_constant_gate_is_its_std(policy, std):
     """Slices of different constant means: the mixture's std comes from the spread of the means alone."""
     lstm = nn.LSTM(8, 16)

@@ -121,7 +121,7 @@ def test_identity_fills_each_lstm_gate_block():
     ("eye", (30, 50), {}), ("dirac", (32, 16, 3, 3), {}), ("dirac", (32, 16, 5), {"groups": 2}),
     ("constant", (7, 3), {"val": 0.3}), ("ones", (5,), {}), ("zeros", (5, 5), {}),
     ("lstm_forget_bias", (4 * 32,), {"value": 2.0}),
-])  # fmt: skip
+])
 def test_deterministic_fills_match_their_predicted_moments(name, shape, args):
     tensor, expected = fill(name, shape, args)
     scheme = SCHEMES[name]
@@ -134,7 +134,7 @@ def test_deterministic_fills_match_their_predicted_moments(name, shape, args):
 def test_every_torch_init_function_is_registered():
     torch_schemes = ["uniform", "normal", "trunc_normal", "constant", "ones", "zeros", "eye", "dirac",
                      "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal",
-                     "sparse"]  # fmt: skip
+                     "sparse"]
     ours = ["lecun_normal", "lecun_uniform", "identity", "lstm_forget_bias", "d2l_bimodal"]
     assert set(torch_schemes + ours) <= set(SCHEMES)
     assert SCHEMES["xavier_uniform"].fn is nn.init.xavier_uniform_  # torch's own, for bit-identical results
@@ -169,7 +169,7 @@ def test_register_refuses_silent_overwrite_and_extends_policies():
     )
     try:
         policy = build_policy({"name": "t", "rules": [{"where": {"param": "weight"}, "scheme": "test_scaled_normal",
-                                                       "args": {"scale": 2.0}}]})  # fmt: skip
+                                                       "args": {"scale": 2.0}}]})
         report = policy.apply(nn.Linear(400, 300, bias=False), torch.Generator().manual_seed(0))
         row = report.frame.iloc[0]
         assert row["expected_std"] == pytest.approx(0.1)

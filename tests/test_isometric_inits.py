@@ -77,7 +77,7 @@ def test_delta_orthogonal_policy_on_lenet_and_its_report():
 @pytest.mark.parametrize(("conv", "says"), [
     (nn.Conv2d(3, 8, 2), r"0.weight \(shape 8x3x2x2\).*delta_orthogonal needs odd kernel sizes.*kernel is \(2, 2\)"),
     (nn.Conv1d(8, 4, 3), r"0.weight \(shape 4x8x3\).*delta_orthogonal needs c_out >= c_in .*c_out=4, c_in=8"),
-])  # fmt: skip
+])
 def test_delta_orthogonal_refuses_what_it_cannot_fill(conv, says):
     model = nn.Sequential(conv, nn.Flatten(), nn.Linear(1, 1))
     before = conv.weight.clone()

@@ -89,7 +89,7 @@ def test_lsuv_is_reproducible_and_leaves_the_global_rng_alone(digits):
 def test_lsuv_with_a_tight_tolerance_iterates_and_records_it(digits):
     policy = build_policy({"name": "lsuv_tight", "rules": [
         {"where": {"module": "Linear", "param": "weight"}, "scheme": "orthogonal"}],  # biases keep default
-        "lsuv": {"tol": 0.001, "max_iters": 20}})  # fmt: skip
+        "lsuv": {"tol": 0.001, "max_iters": 20}})
     torch.manual_seed(0)
     model = build_model({"name": "mlp", "depth": 3, "width": 64}, DIGITS)
     trace = policy.apply(model, torch.Generator(), batch=digits).lsuv

@@ -153,7 +153,7 @@ def test_gpt2_scaled_residual_projections_have_std_002_over_sqrt_2_depth():
     assert len(outs) == 2 * depth
     assert pooled_std(outs) == pytest.approx(0.02 / math.sqrt(2 * depth), rel=0.03)
     others = [p.detach() for n, p in net.named_parameters() if n.endswith("weight") and p.dim() == 2
-              and not n.endswith("branch.out.weight")]  # fmt: skip
+              and not n.endswith("branch.out.weight")]
     assert pooled_std(others) == pytest.approx(0.02, rel=0.03)  # Linear and Embedding weights
     linear_biases = [m.bias for m in net.modules() if isinstance(m, nn.Linear)]
     assert all(b.eq(0).all() for b in linear_biases)
@@ -255,7 +255,7 @@ class Attention(nn.Module):
     (Attention(8, 24, None), r"mimetic_qkv needs an attention module with a `heads` attribute above"),
     (Attention(6, 18, 4), r"shape \(3d, d\) with d divisible by heads=4 \(this one is \(18, 6\)\)"),
     (Attention(8, 16, 2), r"shape \(3d, d\) with d divisible by heads=2 \(this one is \(16, 8\)\)"),
-])  # fmt: skip
+])
 def test_mimetic_refuses_what_is_not_a_fused_qkv_with_heads(attention, says):
     with pytest.raises(InitError, match=says):
         apply("mimetic", nn.ModuleDict({"attn": attention}))
@@ -272,7 +272,7 @@ def test_mimetic_refuses_what_is_not_a_fused_qkv_with_heads(attention, says):
     ("zero_residual", "resnet", {"depth": 8, "width": 8}),
     ("gpt2_scaled", "transformer", {"depth": 2, "width": 32, "heads": 4}),
     ("mimetic", "transformer", {"depth": 2, "width": 32, "heads": 4}),
-])  # fmt: skip
+])
 def test_report_expected_std_is_right_or_nan(policy, family, cfg):
     frame = apply(policy, model(family, **cfg)).frame
     known = frame[frame["expected_std"].notna() & frame["std"].notna()]

@@ -105,15 +105,7 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     asked = list(dict.fromkeys([*group_by, *([tune_key] if tune_key else []), *axes]))
     differing = differing_keys(data.runs, asked)
     keys = [*asked, *differing]  # a row of any table is one config (over seeds)
-    runs = per_run(data, keys, loss_threshold)
-    report_of = functools.cache(lambda run_id: parameter_order(data.uri, run_id))  # one download per run
-    grads = first_epoch_grad_norms(data, report_of)
-    layers = layer_vitals(data, report_of)
-    runs = runs.merge(run_vitals(data, layers), on="run_id", how="left")
-    summary = summarize(runs, grads, keys, baseline)
-    summary = summary.merge(group_vitals(runs, keys), on=keys, how="left")
-    grad_table = group_grad_norms(runs, grads, keys)
-    vitals = group_layer_vitals(runs, layers, keys)
+    runs, summary, grad_table, vitals, layers = _tables(data, keys, baseline, loss_threshold)
     kinds = [k for k in KINDS if (vitals.kind == k).any()]
     title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in "
              f"{len(summary)} groups")
@@ -122,56 +114,89 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     superseded = [f"{r.run_name} ({r.status})" for r in data.superseded.itertuples()]
     sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded),
                 vitals_markdown(summary, keys, kinds, without_vitals(runs, layers))]
-    extra, heatmaps = ({"vitals.csv": vitals} if len(vitals) else {}), []
+    extra, grids = ({"vitals.csv": vitals} if len(vitals) else {}), []
     result = Analysis(data, runs, summary, grad_table, vitals, "")
-    if tune_key:
-        groups = [k for k in keys if k != tune_key]
-        result.tune, result.tune_grid, left_out = tune(runs, groups, tune_key, baseline)
-        sections.append(tune_markdown(result.tune, groups, tune_key, baseline, left_out))
-        extra.update({"tune.csv": result.tune, "tune_grid.csv": result.tune_grid})
-        varying = [k for k in groups if result.tune_grid[k].astype(str).nunique() > 1] or groups[-1:]
-        label = (result.tune_grid[varying].astype(str).agg(" ".join, axis=1) if varying
-                 else pd.Series("all", index=result.tune_grid.index))
-        row = " ".join(varying) or "group"  # the label's column: two varying keys (init, depth) name one row each
-        heatmaps.append((result.tune_grid.assign(**{row: label}), [], row, tune_key,
-                         f"{VAL}_mean", f"{VAL}_n", "tune.png",
-                         f"mean best validation accuracy % per {tune_key}; n runs per cell; ★ the chosen value",
-                         True, "chosen"))
-    if axes:
-        panel_keys = [k for k in keys if k not in axes]
-        result.heatmap, result.measure, panels = heatmap(runs, panel_keys, axes, measure)
-        name = f"heatmap_{_file_part(axes[0])}_{_file_part(axes[1])}"
-        sections.append(heatmap_markdown(result.heatmap, panels, axes, result.measure, f"{name}.csv, {name}.png"))
-        extra[f"{name}.csv"] = result.heatmap
-        heatmaps.append((result.heatmap, panels, axes[0], axes[1], "value", "n", f"{name}.png",
-                         f"{HEATMAP_MEASURES[result.measure]} per {axes[0]} and {axes[1]}, over seeds; "
-                         "n runs per cell", result.measure in PERCENT, None))
-    result.markdown = markdown = "\n".join(sections)
-
+    for part in (_tune_part(result, keys, tune_key, baseline) if tune_key else None,
+                 _heatmap_part(result, keys, axes, measure) if axes else None):
+        if part:
+            sections.append(part.markdown)
+            extra.update(part.tables)
+            grids.append(part.grid)
+    result.markdown = "\n".join(sections)
     curves = data.curves[data.curves.key.isin(HISTORY_KEYS)]
-    files = write_outputs(out, runs, summary, curves, grad_table, markdown, keys, extra)
-    files += [plot_curves(runs, curves, keys, "train/loss", out / "train_loss.png"),
-              plot_curves(runs, curves, keys, "test/acc", out / "test_acc.png", per_epoch=True)]
-    if (curves.key == "val/acc").any():
-        files.append(plot_curves(runs, curves, keys, "val/acc", out / "val_acc.png", per_epoch=True))
-    files.append(plot_grad_norms(grad_table, keys, out / "grad_norms.png"))
-    for kind in kinds:
-        label, log = VITALS_LABELS[kind]
-        files.append(plot_layer_vitals(vitals[vitals.kind == kind], keys, out / f"{kind}.png", label, log))
-    for grid, panels, rows, columns, value, n, name, caption, percent, marked in heatmaps:
-        files.append(plot_heatmap(grid, panels, rows, columns, value, n, out / name, caption, percent, marked))
-    result.files = files
-    result.removed = remove_stale(out, files)
+    result.files = write_outputs(out, runs, summary, curves, grad_table, result.markdown, keys, extra)
+    result.files += _plots(out, result, curves, keys, kinds, grids)
+    result.removed = remove_stale(out, result.files)
     if log_to_mlflow:
         options = {"group_by": ",".join(keys), "baseline": str(baseline), "loss_threshold": str(loss_threshold),
-                   "runs": str(len(runs))}
-        if tune_key:
-            options["tune"] = tune_key
-        if axes:
-            options.update(heatmap=",".join(axes), measure=result.measure)
+                   "runs": str(len(runs)), **({"tune": tune_key} if tune_key else {}),
+                   **({"heatmap": ",".join(axes), "measure": result.measure} if axes else {})}
         try:
-            result.sweep_run_id = log_to_sweep_run(data.uri, data.experiment, data.sweep, files, summary,
-                                                   options, markdown)
+            result.sweep_run_id = log_to_sweep_run(data.uri, data.experiment, data.sweep, result.files, summary,
+                                                   options, result.markdown)
         except (MlflowException, OSError) as err:  # the store's errors, artifact writes, connections
             result.log_error = root_cause(err)
     return result
+
+
+def _tables(data: SweepRuns, keys: list[str], baseline: str | None, loss_threshold: float):
+    """(runs, summary, gradient norms, layer vitals per group, layer vitals per run) of the sweep."""
+    runs = per_run(data, keys, loss_threshold)
+    report_of = functools.cache(lambda run_id: parameter_order(data.uri, run_id))  # one download per run
+    grads = first_epoch_grad_norms(data, report_of)
+    layers = layer_vitals(data, report_of)
+    runs = runs.merge(run_vitals(data, layers), on="run_id", how="left")
+    summary = summarize(runs, grads, keys, baseline).merge(group_vitals(runs, keys), on=keys, how="left")
+    return runs, summary, group_grad_norms(runs, grads, keys), group_layer_vitals(runs, layers, keys), layers
+
+
+@dataclass
+class _Part:
+    """An optional section of the analysis (--tune, --heatmap): its markdown, CSVs and its grid's plot_heatmap
+    arguments after the grid itself (panels, rows, columns, value, n, file name, caption, percent, marked)."""
+
+    markdown: str
+    tables: dict[str, pd.DataFrame]
+    grid: tuple
+
+
+def _tune_part(result: Analysis, keys: list[str], tune_key: str, baseline: str | None) -> _Part:
+    groups = [k for k in keys if k != tune_key]
+    result.tune, result.tune_grid, left_out = tune(result.runs, groups, tune_key, baseline)
+    varying = [k for k in groups if result.tune_grid[k].astype(str).nunique() > 1] or groups[-1:]
+    label = (result.tune_grid[varying].astype(str).agg(" ".join, axis=1) if varying
+             else pd.Series("all", index=result.tune_grid.index))
+    row = " ".join(varying) or "group"  # the label's column: two varying keys (init, depth) name one row each
+    caption = f"mean best validation accuracy % per {tune_key}; n runs per cell; ★ the chosen value"
+    return _Part(tune_markdown(result.tune, groups, tune_key, baseline, left_out),
+                 {"tune.csv": result.tune, "tune_grid.csv": result.tune_grid},
+                 (result.tune_grid.assign(**{row: label}), [], row, tune_key, f"{VAL}_mean", f"{VAL}_n", "tune.png",
+                  caption, True, "chosen"))
+
+
+def _heatmap_part(result: Analysis, keys: list[str], axes: tuple[str, str], measure: str | None) -> _Part:
+    panel_keys = [k for k in keys if k not in axes]
+    result.heatmap, result.measure, panels = heatmap(result.runs, panel_keys, axes, measure)
+    name = f"heatmap_{_file_part(axes[0])}_{_file_part(axes[1])}"
+    caption = f"{HEATMAP_MEASURES[result.measure]} per {axes[0]} and {axes[1]}, over seeds; n runs per cell"
+    return _Part(heatmap_markdown(result.heatmap, panels, axes, result.measure, f"{name}.csv, {name}.png"),
+                 {f"{name}.csv": result.heatmap},
+                 (result.heatmap, panels, axes[0], axes[1], "value", "n", f"{name}.png", caption,
+                  result.measure in PERCENT, None))
+
+
+def _plots(out: Path, result: Analysis, curves: pd.DataFrame, keys: list[str], kinds: list[str],
+           grids: list[tuple]) -> list[Path]:
+    """The PNGs: curves, gradient norms, the vitals per kind, the --tune and --heatmap grids."""
+    runs, vitals = result.runs, result.vitals
+    files = [plot_curves(runs, curves, keys, "train/loss", out / "train_loss.png"),
+             plot_curves(runs, curves, keys, "test/acc", out / "test_acc.png", per_epoch=True)]
+    if (curves.key == "val/acc").any():
+        files.append(plot_curves(runs, curves, keys, "val/acc", out / "val_acc.png", per_epoch=True))
+    files.append(plot_grad_norms(result.grad_norms, keys, out / "grad_norms.png"))
+    for kind in kinds:
+        label, log = VITALS_LABELS[kind]
+        files.append(plot_layer_vitals(vitals[vitals.kind == kind], keys, out / f"{kind}.png", label, log))
+    for grid, panels, rows, columns, value, n, name, caption, percent, marked in grids:
+        files.append(plot_heatmap(grid, panels, rows, columns, value, n, out / name, caption, percent, marked))
+    return files

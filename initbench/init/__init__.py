@@ -7,22 +7,18 @@ code, the signal probe included, is initbench.vitals).
     report.to_csv(run_dir)                                # init_report.csv
     print(report)
 
-Modules: schemes (the registry), functional (init functions torch lacks), matching (where-clauses),
+Modules: registry (SCHEMES, assembled from the modules that declare schemes), schemes (the Scheme
+type, declare, torch.nn.init's schemes), functional (init functions torch lacks), matching (where-clauses),
 policy (rules -> fills), report (InitReport), lsuv (data-dependent rescaling), residual_inits (the
 Fixup, GPT-2 and mimetic schemes, which read model structure facts: structure), mup (μP's width-scaled
 schemes and the per-parameter optimizer factors they ask for: InitPolicy.optimizer_scales), criticality
 (the edge of chaos: critical, and kumar), isometric (delta_orthogonal, zero_init).
 """
 
-from . import (
-    criticality,  # noqa: F401  (registers critical, kumar; mean_field and critical_sigma_w live there)
-    isometric,  # noqa: F401  (registers delta_orthogonal, zero_init)
-    mup,  # noqa: F401  (registers mup_input, mup_hidden, mup_output, mup_vector and their optimizer factors)
-    residual_inits,  # noqa: F401  (registers fixup_normal, branch_scaled_normal, mimetic_qkv, mimetic_out)
-)
 from .policy import InitError, InitPolicy, Rule, build_policy
+from .registry import SCHEMES, register
 from .report import REPORT_COLUMNS, InitReport
-from .schemes import SCHEMES, Scheme, register
+from .schemes import Scheme
 
 __all__ = [
     "REPORT_COLUMNS",

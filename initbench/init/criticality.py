@@ -28,7 +28,7 @@ from scipy.special import expit, ndtr
 from torch import Tensor
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
-from .schemes import fans, register
+from .schemes import declare, fans
 
 # torch's SELU constants, and nn.LeakyReLU's default slope (the one initbench's models use).
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
@@ -63,7 +63,7 @@ ACTIVATIONS = {
     # nn.GELU's exact form x Phi(x): phi'(x) = Phi(x) + x N(x; 0, 1)
     "gelu": Activation(lambda x: x * ndtr(x), lambda x: ndtr(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
                        0.5),
-}  # fmt: skip
+}
 
 
 def activation(name: str) -> Activation:
@@ -241,6 +241,8 @@ def _kumar_check(shape, a):
     return None
 
 
-register("critical", std=_critical_std, check=_critical_check)(critical_)
-register("kumar", std=lambda s, a: math.sqrt(kumar_variance(a["activation"]) / fans(s)[0]), fan_based=True,
-         check=_kumar_check)(kumar_normal_)  # fmt: skip
+DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
+    declare("critical", std=_critical_std, check=_critical_check)(critical_),
+    declare("kumar", std=lambda s, a: math.sqrt(kumar_variance(a["activation"]) / fans(s)[0]), fan_based=True,
+            check=_kumar_check)(kumar_normal_),
+)

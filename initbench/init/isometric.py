@@ -20,7 +20,7 @@ from scipy.linalg import hadamard
 from torch import Tensor
 from torch.nn import init
 
-from .schemes import register
+from .schemes import declare
 
 
 def _centre(shape: torch.Size) -> tuple:
@@ -71,7 +71,7 @@ def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, generator: torch.Genera
     if problem:
         raise ValueError(f"{problem}; got shape {tuple(tensor.shape)}")
     matrix = init.orthogonal_(torch.empty(tensor.shape[:2], dtype=tensor.dtype, device=tensor.device),
-                              gain=gain, generator=generator)  # fmt: skip
+                              gain=gain, generator=generator)
     return _fill_centre(tensor, matrix)
 
 
@@ -115,7 +115,9 @@ def _zero_moments(shape) -> tuple[float, float]:
 
 
 # The centre tap's c_in orthonormal columns hold gain^2 c_in in squares, over c_out c_in K entries of the kernel.
-register("delta_orthogonal", std=lambda s, a: a["gain"] / math.sqrt(s[0] * _taps(s)),
-         check=_delta_check)(delta_orthogonal_)  # fmt: skip
-register("zero_init", std=lambda s, a: _zero_moments(s)[1], mean=lambda s, a: _zero_moments(s)[0],
-         check=_zero_check)(zero_init_)  # fmt: skip
+DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
+    declare("delta_orthogonal", std=lambda s, a: a["gain"] / math.sqrt(s[0] * _taps(s)),
+            check=_delta_check)(delta_orthogonal_),
+    declare("zero_init", std=lambda s, a: _zero_moments(s)[1], mean=lambda s, a: _zero_moments(s)[0],
+            check=_zero_check)(zero_init_),
+)

@@ -59,7 +59,7 @@ def lsuv_layers(model: nn.Module, batch: Tensor, modules: tuple[str, ...]) -> li
     }
     order: list[nn.Module] = []
     hooks = [m.register_forward_hook(lambda m, a, o: order.append(m) if m not in order else None)
-             for m in candidates]  # fmt: skip
+             for m in candidates]
     try:
         model(batch)
     finally:

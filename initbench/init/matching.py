@@ -11,7 +11,7 @@ WHERE_KEYS = ("module", "param", "name", "gate")
 # PyTorch's gate order in the stacked weights and biases of its recurrent layers.
 LSTM_GATES, GRU_GATES = "ifgo", "rzn"
 GATES = {"i": "LSTM input", "f": "LSTM forget", "g": "LSTM cell", "o": "LSTM output",
-         "r": "GRU reset", "z": "GRU update", "n": "GRU new"}  # fmt: skip
+         "r": "GRU reset", "z": "GRU update", "n": "GRU new"}
 GATED_ROLES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _LAYER_SUFFIX = re.compile(r"_l\d+(_reverse)?$")
 

@@ -34,8 +34,7 @@ import torch
 from hydra.utils import get_class
 from torch import Tensor
 
-from .policy import OPTIMIZER_SCALES
-from .schemes import register
+from .schemes import declare
 
 
 def family(optimizer: Mapping) -> str:
@@ -150,9 +149,10 @@ def _uniform_std(bound):
     return lambda shape, a: bound(shape, a) / math.sqrt(3)
 
 
-register("mup_input", std=_uniform_std(input_bound), check=_check)(mup_input_)
-register("mup_hidden", std=_uniform_std(hidden_bound), check=_check)(mup_hidden_)
-register("mup_output", std=_uniform_std(output_bound), check=_check)(mup_output_)
-register("mup_vector", std=lambda s, a: 0.0, mean=lambda s, a: a["val"], check=_vector_check)(mup_vector_)
-OPTIMIZER_SCALES.update(mup_input=_vector_factors, mup_hidden=_hidden_factors, mup_output=_output_factors,
-                        mup_vector=_vector_factors)
+DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
+    declare("mup_input", std=_uniform_std(input_bound), check=_check, optimizer_factors=_vector_factors)(mup_input_),
+    declare("mup_hidden", std=_uniform_std(hidden_bound), check=_check, optimizer_factors=_hidden_factors)(mup_hidden_),
+    declare("mup_output", std=_uniform_std(output_bound), check=_check, optimizer_factors=_output_factors)(mup_output_),
+    declare("mup_vector", std=lambda s, a: 0.0, mean=lambda s, a: a["val"], check=_vector_check,
+            optimizer_factors=_vector_factors)(mup_vector_),
+)

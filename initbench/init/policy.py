@@ -11,7 +11,7 @@ before it changes anything, and restores the model if a fill fails: it is all or
 """
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -20,17 +20,15 @@ from torch import Tensor, nn
 
 from .lsuv import LSUVConfig, lsuv_
 from .matching import ParamRef, collect_params, gates_of
+from .registry import SCHEMES
 from .report import InitReport, default_moments, report_row, shape_text
 from .rules import DEFAULT, InitError, Rule, parse_rule
-from .schemes import SCHEMES, Scheme
+from .schemes import Scheme
 from .structure import FACTS, facts_for
 
 # `requires`: what a model must have for the policy, in words (printed when it cannot be applied); any
 # other key is a parameter: a number its rules' schemes read
 POLICY_KEYS = ("name", "rules", "lsuv", "requires")
-# Schemes whose theory also scales the optimizer per parameter (muP): scheme name -> fn(shape, args, optimizer
-# config) -> {optimizer option: factor}, e.g. {"lr": 0.25}. Filled by the module that registers the scheme.
-OPTIMIZER_SCALES: dict[str, Callable[[torch.Size, dict, Mapping], dict[str, float]]] = {}
 
 
 @dataclass
@@ -160,12 +158,12 @@ class InitPolicy:
 
     def optimizer_scales(self, model: nn.Module, optimizer: Mapping) -> dict[str, dict[str, float]]:
         """{parameter name: {optimizer option: factor}} for the parameters whose scheme scales the optimizer
-        (OPTIMIZER_SCALES; muP's per-layer learning rates), given the optimizer's config (`_target_` and its
+        (Scheme.optimizer_factors; muP's per-layer learning rates), given the optimizer's config (`_target_` and its
         options); the trainer multiplies those options for those parameters. Empty for other policies.
         InitError if the rules do not fit `model`, or a scheme has no rule for this optimizer."""
         scales = {}
         for plan in self._plan(model):
-            scaled = [u for u in plan.units if u.fills and u.rule.scheme.name in OPTIMIZER_SCALES]
+            scaled = [u for u in plan.units if u.fills and u.rule.scheme.optimizer_factors is not None]
             if not scaled:
                 continue
             unit = scaled[0]
@@ -173,7 +171,7 @@ class InitPolicy:
                 raise InitError(f"init policy {self.name!r}: {plan.ref.name} <- {unit.rule}: a scheme that scales the "
                                 "optimizer must fill the whole parameter, not one gate of it")
             try:
-                factors = OPTIMIZER_SCALES[unit.rule.scheme.name](plan.ref.tensor.shape, dict(unit.args), optimizer)
+                factors = unit.rule.scheme.optimizer_factors(plan.ref.tensor.shape, dict(unit.args), optimizer)
             except ValueError as err:
                 raise InitError(f"init policy {self.name!r}: {plan.ref.name} <- {unit.rule}: {err}") from None
             factors = {option: factor for option, factor in factors.items() if factor != 1}
@@ -337,5 +335,5 @@ def _forget_bias_problems(plans: list[_Plan]) -> list[str]:
                 problems.append(_param_problem(plan, unit, (
                     f"PyTorch adds {ref.role} and {other}, and lstm_forget_bias puts value/2 in each, but "
                     f"{partner.ref.name if partner else other} does not get the same lstm_forget_bias"
-                ), "match both in one rule: where: {module: LSTM, param: [bias_ih, bias_hh]}"))  # fmt: skip
+                ), "match both in one rule: where: {module: LSTM, param: [bias_ih, bias_hh]}"))
     return problems

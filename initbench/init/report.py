@@ -12,7 +12,7 @@ from .schemes import fans
 
 REPORT_COLUMNS = (
     "param", "shape", "scheme", "fan_in", "fan_out", "expected_std", "mean", "std", "min", "max",
-)  # fmt: skip
+)
 CSV_NAME = "init_report.csv"
 
 

@@ -2,7 +2,7 @@
 
 They read what they need of the model as structure facts (initbench.init.structure): `num_branches` (L,
 the residual branches), `branch_layers` (m, the weight layers of one branch) and `heads` (of the attention
-module above the parameter). Registered under the names in `register(...)` below; the policies that use
+module above the parameter). Declared under the names in `declare(...)` below; the policies that use
 them are conf/init/{fixup,gpt2_scaled,mimetic}.yaml.
 """
 
@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .schemes import fans, register
+from .schemes import declare, fans
 
 
 def fixup_std(shape: torch.Size, num_branches: int, branch_layers: int, mode: str = "fan_in") -> float:
@@ -155,9 +155,11 @@ def _out_moments(shape, a):
     return mean / c, math.sqrt(max(square - mean**2, 0.0)) / c
 
 
-register("fixup_normal", std=lambda s, a: fixup_std(s, a["num_branches"], a["branch_layers"], a["mode"]),
-         fan_based=True, check=_fixup_check)(fixup_normal_)  # fmt: skip
-register("branch_scaled_normal", std=lambda s, a: a["std"] / math.sqrt(a["num_branches"]))(branch_scaled_normal_)
-register("mimetic_qkv", check=_qkv_check)(mimetic_qkv_)  # the SVD factors' spread has no closed form: NaN
-register("mimetic_out", std=lambda s, a: _out_moments(s, a)[1], mean=lambda s, a: _out_moments(s, a)[0],
-         check=_out_check)(mimetic_out_)  # fmt: skip
+DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
+    declare("fixup_normal", std=lambda s, a: fixup_std(s, a["num_branches"], a["branch_layers"], a["mode"]),
+            fan_based=True, check=_fixup_check)(fixup_normal_),
+    declare("branch_scaled_normal", std=lambda s, a: a["std"] / math.sqrt(a["num_branches"]))(branch_scaled_normal_),
+    declare("mimetic_qkv", check=_qkv_check)(mimetic_qkv_),  # the SVD factors' spread has no closed form: NaN
+    declare("mimetic_out", std=lambda s, a: _out_moments(s, a)[1], mean=lambda s, a: _out_moments(s, a)[0],
+            check=_out_check)(mimetic_out_),
+)

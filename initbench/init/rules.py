@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from hydra.utils import instantiate
 
 from .matching import GATES, Where, parse_where
-from .schemes import SCHEMES, Scheme, make_scheme
+from .registry import SCHEMES
+from .schemes import Scheme, make_scheme
 
 RULE_KEYS = ("where", "scheme", "_target_", "args", "optional")
 DEFAULT = "default"  # the scheme name that keeps PyTorch's own init

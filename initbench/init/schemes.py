@@ -1,11 +1,8 @@
-"""The registry of init schemes: every torch.nn.init function plus the ones torch lacks.
+"""Init schemes: the Scheme type, declare(), and the declarations of every torch.nn.init function and
+of the functions torch lacks (initbench.init.functional); initbench.init.registry collects them.
 
 A scheme fills one tensor in place from a torch.Generator and knows the mean and std its theory
-predicts for a tensor of a given shape (NaN where none). Policies name schemes by their key here::
-
-    SCHEMES["kaiming_normal"](tensor, generator, {"mode": "fan_out", "nonlinearity": "relu"})
-
-Add your own with ``@register("name", std=...)`` on a function ``fn(tensor, ..., generator=None)``.
+predicts for a tensor of a given shape (NaN where none).
 """
 
 import inspect
@@ -28,7 +25,7 @@ REQUIRED = inspect.Parameter.empty
 NONLINEARITIES = (
     "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "sigmoid", "tanh", "relu", "leaky_relu", "selu",
-)  # fmt: skip
+)
 CHOICES = {"mode": ("fan_in", "fan_out"), "nonlinearity": NONLINEARITIES}
 # Schemes that take `gain` also accept these instead: gain = calculate_gain(nonlinearity, negative_slope).
 GAIN_ALTERNATIVES = ("nonlinearity", "negative_slope")
@@ -39,6 +36,9 @@ Moment = Callable[[torch.Size, dict], float]
 def fans(shape: torch.Size) -> tuple[int, int]:
     """(fan_in, fan_out) of a tensor of `shape`, by torch's own rule (ValueError below 2-D)."""
     return _calculate_fan_in_and_fan_out(torch.empty(shape, device="meta"))
+
+
+OptimizerFactors = Callable[[torch.Size, dict, Mapping[str, Any]], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class Scheme:
     takes_generator: bool = True
     numbers: Mapping[str, type] = field(default_factory=dict)  # args that must be numbers: int or float
     any_args: bool = False  # fn takes **kwargs: no check of arg names
+    # (shape, args, optimizer config) -> {optimizer option: factor} for the parameter it fills (μP's
+    # per-layer learning rates: InitPolicy.optimizer_scales); None for a scheme that leaves the optimizer alone
+    optimizer_factors: OptimizerFactors | None = None
 
     def valid_args(self) -> list[str]:
         extra = GAIN_ALTERNATIVES if "gain" in self.defaults and "nonlinearity" not in self.defaults else ()
@@ -148,36 +151,24 @@ def make_scheme(name: str, fn: Callable[..., Tensor], **theory: Any) -> Scheme:
     any_args = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
     takes_generator = any_args or any(p.name == "generator" for p in params)
     return Scheme(name, fn, defaults, takes_generator=takes_generator, numbers=numbers, any_args=any_args,
-                  **theory)  # fmt: skip
+                  **theory)
 
 
-SCHEMES: dict[str, Scheme] = {}
-
-
-def register(
+def declare(
     name: str,
     *,
     std: Moment | None = None,
     mean: Moment | None = None,
     fan_based: bool = False,
     check: Callable[[torch.Size, dict], str | None] | None = None,
-    overwrite: bool = False,
-) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Register `fn(tensor, <args>, generator=None)` as scheme `name`; its keyword args are the valid
-    args. `std(shape, args)` / `mean(shape, args)` give the theory (NaN if left out). A name already
-    taken is an error unless `overwrite=True`."""
-
-    def decorator(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in SCHEMES and not overwrite:
-            old = SCHEMES[name].fn
-            raise ValueError(
-                f"init scheme {name!r} is already registered ({old.__module__}.{old.__qualname__}); "
-                "pick another name, or pass overwrite=True to replace it"
-            )
-        SCHEMES[name] = make_scheme(name, fn, std=std, mean=mean, fan_based=fan_based, check=check)
-        return fn
-
-    return decorator
+    optimizer_factors: OptimizerFactors | None = None,
+) -> Callable[[Callable[..., Tensor]], Scheme]:
+    """`declare(name, ...)(fn)`: the Scheme of `fn(tensor, <args>, generator=None)` named `name`, for its
+    module's DECLARED tuple, which initbench.init.registry collects. Its keyword args are the valid args;
+    `std(shape, args)` / `mean(shape, args)` give the theory (NaN if left out);
+    `optimizer_factors(shape, args, optimizer)` what it asks of the optimizer for the parameter it fills."""
+    return lambda fn: make_scheme(name, fn, std=std, mean=mean, fan_based=fan_based, check=check,
+                                  optimizer_factors=optimizer_factors)
 
 
 # --- theory: std and mean for a tensor of `shape` ------------------------------------------------
@@ -285,37 +276,39 @@ def _const(value):
     return lambda s, a: value
 
 
-register("uniform", std=lambda s, a: (a["b"] - a["a"]) / math.sqrt(12),
-         mean=lambda s, a: (a["a"] + a["b"]) / 2, check=_ordered("a", "b"))(init.uniform_)  # fmt: skip
-register("normal", std=lambda s, a: a["std"], mean=lambda s, a: a["mean"],
-         check=_nonnegative("std"))(init.normal_)  # fmt: skip
-register("trunc_normal", std=lambda s, a: _trunc_moments(a)[1], mean=lambda s, a: _trunc_moments(a)[0],
-         check=_ordered("a", "b"))(init.trunc_normal_)  # fmt: skip
-register("constant", std=_zero, mean=lambda s, a: a["val"])(init.constant_)
-register("ones", std=_zero, mean=_const(1.0))(init.ones_)
-register("zeros", std=_zero, mean=_zero)(init.zeros_)
-register("eye", std=lambda s, a: _bernoulli_std(_eye_p(s)), mean=lambda s, a: _eye_p(s),
-         check=_need((2,), "eye fills 2-D tensors only"))(init.eye_)  # fmt: skip
-register("dirac", std=lambda s, a: _bernoulli_std(_dirac_p(s, a)), mean=lambda s, a: _dirac_p(s, a),
-         check=_dirac_check)(init.dirac_)  # fmt: skip
-register("xavier_uniform", std=_xavier_std, fan_based=True)(init.xavier_uniform_)
-register("xavier_normal", std=_xavier_std, fan_based=True)(init.xavier_normal_)
-register("kaiming_uniform", std=_kaiming_std, fan_based=True)(init.kaiming_uniform_)
-register("kaiming_normal", std=_kaiming_std, fan_based=True)(init.kaiming_normal_)
-# A semi-orthogonal (rows x cols) matrix has min(rows, cols) unit rows or columns: E[w^2] = 1/max(rows, cols).
-register("orthogonal", std=lambda s, a: a["gain"] / math.sqrt(max(_flat(s))),
-         check=_orthogonal_check)(init.orthogonal_)  # fmt: skip
-# torch's sparse_ draws its zero positions from the global RNG: ours takes them from the generator.
-register("sparse", std=lambda s, a: a["std"] * math.sqrt(1 - math.ceil(a["sparsity"] * s[0]) / s[0]),
-         check=_sparse_check)(F.sparse_)  # fmt: skip
+DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
+    declare("uniform", std=lambda s, a: (a["b"] - a["a"]) / math.sqrt(12),
+            mean=lambda s, a: (a["a"] + a["b"]) / 2, check=_ordered("a", "b"))(init.uniform_),
+    declare("normal", std=lambda s, a: a["std"], mean=lambda s, a: a["mean"],
+            check=_nonnegative("std"))(init.normal_),
+    declare("trunc_normal", std=lambda s, a: _trunc_moments(a)[1], mean=lambda s, a: _trunc_moments(a)[0],
+            check=_ordered("a", "b"))(init.trunc_normal_),
+    declare("constant", std=_zero, mean=lambda s, a: a["val"])(init.constant_),
+    declare("ones", std=_zero, mean=_const(1.0))(init.ones_),
+    declare("zeros", std=_zero, mean=_zero)(init.zeros_),
+    declare("eye", std=lambda s, a: _bernoulli_std(_eye_p(s)), mean=lambda s, a: _eye_p(s),
+            check=_need((2,), "eye fills 2-D tensors only"))(init.eye_),
+    declare("dirac", std=lambda s, a: _bernoulli_std(_dirac_p(s, a)), mean=lambda s, a: _dirac_p(s, a),
+            check=_dirac_check)(init.dirac_),
+    declare("xavier_uniform", std=_xavier_std, fan_based=True)(init.xavier_uniform_),
+    declare("xavier_normal", std=_xavier_std, fan_based=True)(init.xavier_normal_),
+    declare("kaiming_uniform", std=_kaiming_std, fan_based=True)(init.kaiming_uniform_),
+    declare("kaiming_normal", std=_kaiming_std, fan_based=True)(init.kaiming_normal_),
+    # A semi-orthogonal (rows x cols) matrix has min(rows, cols) unit rows or columns: E[w^2] = 1/max(rows, cols).
+    declare("orthogonal", std=lambda s, a: a["gain"] / math.sqrt(max(_flat(s))),
+            check=_orthogonal_check)(init.orthogonal_),
+    # torch's sparse_ draws its zero positions from the global RNG: ours takes them from the generator.
+    declare("sparse", std=lambda s, a: a["std"] * math.sqrt(1 - math.ceil(a["sparsity"] * s[0]) / s[0]),
+            check=_sparse_check)(F.sparse_),
 
-# --- what torch lacks ---------------------------------------------------------------------------------
+    # --- what torch lacks ---------------------------------------------------------------------------------
 
-register("lecun_normal", std=_lecun_std, fan_based=True)(F.lecun_normal_)
-register("lecun_uniform", std=_lecun_std, fan_based=True)(F.lecun_uniform_)
-register("identity", std=lambda s, a: _bernoulli_std(1 / s[1], a["gain"]), mean=lambda s, a: a["gain"] / s[1],
-         check=_identity_check)(F.identity_)  # fmt: skip
-register("lstm_forget_bias", std=lambda s, a: _bernoulli_std(0.25, a["value"] / 2),
-         mean=lambda s, a: a["value"] / 8, check=_forget_check)(F.lstm_forget_bias_)  # fmt: skip
-register("d2l_bimodal", std=lambda s, a: math.sqrt((a["high"] ** 3 - a["low"] ** 3) / (3 * a["high"])),
-         check=_ordered("low", "high"))(F.d2l_bimodal_)  # fmt: skip
+    declare("lecun_normal", std=_lecun_std, fan_based=True)(F.lecun_normal_),
+    declare("lecun_uniform", std=_lecun_std, fan_based=True)(F.lecun_uniform_),
+    declare("identity", std=lambda s, a: _bernoulli_std(1 / s[1], a["gain"]), mean=lambda s, a: a["gain"] / s[1],
+            check=_identity_check)(F.identity_),
+    declare("lstm_forget_bias", std=lambda s, a: _bernoulli_std(0.25, a["value"] / 2),
+            mean=lambda s, a: a["value"] / 8, check=_forget_check)(F.lstm_forget_bias_),
+    declare("d2l_bimodal", std=lambda s, a: math.sqrt((a["high"] ** 3 - a["low"] ** 3) / (3 * a["high"])),
+            check=_ordered("low", "high"))(F.d2l_bimodal_),
+)
