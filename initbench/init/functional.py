@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
+from .schemes import bernoulli_std, declare, fans, ordered
+
 
 def lecun_normal_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     r"""Fill `tensor` from :math:`\mathcal{N}(0, \text{std}^2)`, std = gain / sqrt(fan_in).
@@ -124,3 +126,43 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch
             zero_rows = torch.randperm(rows, generator=generator)[:num_zeros]
             tensor[zero_rows.to(tensor.device), col] = 0
     return tensor
+
+
+# --- their declarations: theory (mean, std) and the shapes they fill ---------------------------------------
+
+
+def _lecun_std(shape, a):
+    return a["gain"] / math.sqrt(fans(shape)[0])
+
+
+def _identity_check(shape, a):
+    if len(shape) != 2 or shape[0] % shape[1] != 0:
+        return "identity needs a square 2-D tensor or a stack of squares (k*H, H) such as an LSTM's weight_hh"
+    return None
+
+
+def _sparse_check(shape, a):
+    if len(shape) != 2:
+        return f"sparse fills 2-D tensors only (this one has {len(shape)} dimensions)"
+    return None if 0 <= a["sparsity"] <= 1 else f"sparse: sparsity must be in [0, 1], got {a['sparsity']}"
+
+
+def _forget_check(shape, a):
+    if len(shape) != 1 or shape[0] % 4 != 0:
+        return "lstm_forget_bias fills an LSTM's 1-D bias_ih/bias_hh of 4*hidden_size (gates i, f, g, o)"
+    return None
+
+
+DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
+    # torch's sparse_ draws its zero positions from the global RNG: ours takes them from the generator.
+    declare("sparse", std=lambda s, a: a["std"] * math.sqrt(1 - math.ceil(a["sparsity"] * s[0]) / s[0]),
+            check=_sparse_check)(sparse_),
+    declare("lecun_normal", std=_lecun_std, fan_based=True)(lecun_normal_),
+    declare("lecun_uniform", std=_lecun_std, fan_based=True)(lecun_uniform_),
+    declare("identity", std=lambda s, a: bernoulli_std(1 / s[1], a["gain"]), mean=lambda s, a: a["gain"] / s[1],
+            check=_identity_check)(identity_),
+    declare("lstm_forget_bias", std=lambda s, a: bernoulli_std(0.25, a["value"] / 2),
+            mean=lambda s, a: a["value"] / 8, check=_forget_check)(lstm_forget_bias_),
+    declare("d2l_bimodal", std=lambda s, a: math.sqrt((a["high"] ** 3 - a["low"] ** 3) / (3 * a["high"])),
+            check=ordered("low", "high"))(d2l_bimodal_),
+)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from . import criticality, isometric, mup, residual_inits, schemes
+from . import criticality, functional, isometric, mup, residual_inits, schemes
 from .schemes import Scheme, declare
 
-DECLARING = (schemes, criticality, isometric, mup, residual_inits)  # torch.nn.init's and ours; then the theory's
+DECLARING = (schemes, functional, criticality, isometric, mup, residual_inits)  # torch.nn.init's, then ours
 SCHEMES: dict[str, Scheme] = {}
 
 

@@ -17,7 +17,6 @@ from torch import Tensor
 from torch.nn import init
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
-from . import functional as F
 from .structure import FACTS
 
 REQUIRED = inspect.Parameter.empty
@@ -183,10 +182,6 @@ def _xavier_std(shape, a):
     return a["gain"] * math.sqrt(2.0 / sum(fans(shape)))
 
 
-def _lecun_std(shape, a):
-    return a["gain"] / math.sqrt(fans(shape)[0])
-
-
 def _phi(x):  # standard normal density and distribution function
     return math.exp(-x * x / 2) / math.sqrt(2 * math.pi), (1 + math.erf(x / math.sqrt(2))) / 2
 
@@ -198,7 +193,7 @@ def _trunc_moments(a):
     return a["mean"] + a["std"] * (pa - pb) / z, a["std"] * math.sqrt(var)
 
 
-def _bernoulli_std(p, scale=1.0):  # a tensor holding `scale` at a fraction p of its entries, 0 elsewhere
+def bernoulli_std(p, scale=1.0):  # a tensor holding `scale` at a fraction p of its entries, 0 elsewhere
     return abs(scale) * math.sqrt(p * (1 - p))
 
 
@@ -221,7 +216,7 @@ def _need(dims, what):
     return check
 
 
-def _ordered(lo, hi):
+def ordered(lo, hi):
     def check(shape, a):
         return None if a[lo] < a[hi] else f"needs {lo} < {hi}, got {lo}={a[lo]}, {hi}={a[hi]}"
 
@@ -238,24 +233,6 @@ def _orthogonal_check(shape, a):
     if len(shape) < 2:
         return f"orthogonal needs a tensor of at least 2 dimensions (this one has {len(shape)})"
     return None if math.prod(shape) > 0 else "orthogonal cannot fill an empty tensor"
-
-
-def _identity_check(shape, a):
-    if len(shape) != 2 or shape[0] % shape[1] != 0:
-        return "identity needs a square 2-D tensor or a stack of squares (k*H, H) such as an LSTM's weight_hh"
-    return None
-
-
-def _sparse_check(shape, a):
-    if len(shape) != 2:
-        return f"sparse fills 2-D tensors only (this one has {len(shape)} dimensions)"
-    return None if 0 <= a["sparsity"] <= 1 else f"sparse: sparsity must be in [0, 1], got {a['sparsity']}"
-
-
-def _forget_check(shape, a):
-    if len(shape) != 1 or shape[0] % 4 != 0:
-        return "lstm_forget_bias fills an LSTM's 1-D bias_ih/bias_hh of 4*hidden_size (gates i, f, g, o)"
-    return None
 
 
 def _nonnegative(key):
@@ -278,17 +255,17 @@ def _const(value):
 
 DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
     declare("uniform", std=lambda s, a: (a["b"] - a["a"]) / math.sqrt(12),
-            mean=lambda s, a: (a["a"] + a["b"]) / 2, check=_ordered("a", "b"))(init.uniform_),
+            mean=lambda s, a: (a["a"] + a["b"]) / 2, check=ordered("a", "b"))(init.uniform_),
     declare("normal", std=lambda s, a: a["std"], mean=lambda s, a: a["mean"],
             check=_nonnegative("std"))(init.normal_),
     declare("trunc_normal", std=lambda s, a: _trunc_moments(a)[1], mean=lambda s, a: _trunc_moments(a)[0],
-            check=_ordered("a", "b"))(init.trunc_normal_),
+            check=ordered("a", "b"))(init.trunc_normal_),
     declare("constant", std=_zero, mean=lambda s, a: a["val"])(init.constant_),
     declare("ones", std=_zero, mean=_const(1.0))(init.ones_),
     declare("zeros", std=_zero, mean=_zero)(init.zeros_),
-    declare("eye", std=lambda s, a: _bernoulli_std(_eye_p(s)), mean=lambda s, a: _eye_p(s),
+    declare("eye", std=lambda s, a: bernoulli_std(_eye_p(s)), mean=lambda s, a: _eye_p(s),
             check=_need((2,), "eye fills 2-D tensors only"))(init.eye_),
-    declare("dirac", std=lambda s, a: _bernoulli_std(_dirac_p(s, a)), mean=lambda s, a: _dirac_p(s, a),
+    declare("dirac", std=lambda s, a: bernoulli_std(_dirac_p(s, a)), mean=lambda s, a: _dirac_p(s, a),
             check=_dirac_check)(init.dirac_),
     declare("xavier_uniform", std=_xavier_std, fan_based=True)(init.xavier_uniform_),
     declare("xavier_normal", std=_xavier_std, fan_based=True)(init.xavier_normal_),
@@ -297,18 +274,5 @@ DECLARED = (  # the schemes of this module; the registry (initbench.init.registr
     # A semi-orthogonal (rows x cols) matrix has min(rows, cols) unit rows or columns: E[w^2] = 1/max(rows, cols).
     declare("orthogonal", std=lambda s, a: a["gain"] / math.sqrt(max(_flat(s))),
             check=_orthogonal_check)(init.orthogonal_),
-    # torch's sparse_ draws its zero positions from the global RNG: ours takes them from the generator.
-    declare("sparse", std=lambda s, a: a["std"] * math.sqrt(1 - math.ceil(a["sparsity"] * s[0]) / s[0]),
-            check=_sparse_check)(F.sparse_),
 
-    # --- what torch lacks ---------------------------------------------------------------------------------
-
-    declare("lecun_normal", std=_lecun_std, fan_based=True)(F.lecun_normal_),
-    declare("lecun_uniform", std=_lecun_std, fan_based=True)(F.lecun_uniform_),
-    declare("identity", std=lambda s, a: _bernoulli_std(1 / s[1], a["gain"]), mean=lambda s, a: a["gain"] / s[1],
-            check=_identity_check)(F.identity_),
-    declare("lstm_forget_bias", std=lambda s, a: _bernoulli_std(0.25, a["value"] / 2),
-            mean=lambda s, a: a["value"] / 8, check=_forget_check)(F.lstm_forget_bias_),
-    declare("d2l_bimodal", std=lambda s, a: math.sqrt((a["high"] ** 3 - a["low"] ** 3) / (3 * a["high"])),
-            check=_ordered("low", "high"))(F.d2l_bimodal_),
 )

@@ -37,41 +37,25 @@ def _lenet(cfg: dict, shape: DataShape) -> nn.Module:
     return LeNet(shape.channels, shape.height, shape.num_classes)
 
 
+def _options(cfg: dict) -> dict:
+    """The config's keys but `name`: the constructor's keyword arguments. The defaults are the constructor's
+    (for the Python API) and conf/model/*.yaml's (for a run), never a third copy here."""
+    return {k: v for k, v in cfg.items() if k != "name"}
+
+
 def _mlp(cfg: dict, shape: DataShape) -> nn.Module:
-    return MLP(
-        shape.in_features,
-        shape.num_classes,
-        depth=cfg.get("depth", 3),
-        width=cfg.get("width", 256),
-        activation=cfg.get("activation", "relu"),
-        batch_norm=cfg.get("batch_norm", False),
-    )
+    return MLP(shape.in_features, shape.num_classes, **_options(cfg))
 
 
 def _lstm(cfg: dict, shape: DataShape) -> nn.Module:
-    return RowLSTM(
-        shape.channels * shape.width,
-        shape.num_classes,
-        hidden_size=cfg.get("hidden_size", 128),
-        num_layers=cfg.get("num_layers", 1),
-    )
+    return RowLSTM(shape.channels * shape.width, shape.num_classes, **_options(cfg))
 
 
 def _cnn1d(cfg: dict, shape: DataShape) -> nn.Module:
-    return CNN1d(
-        shape.channels * shape.width,
-        shape.height,
-        shape.num_classes,
-        channels=cfg.get("channels", 25),
-        kernel_sizes=tuple(cfg.get("kernel_sizes", (5, 3, 3))),
-        stride=cfg.get("stride", 2),
-        padding=cfg.get("padding", 1),
-    )
-
-
-def _options(cfg: dict) -> dict:
-    """The config's keys but `name`: the constructor's keyword arguments (its defaults fill the rest)."""
-    return {k: v for k, v in cfg.items() if k != "name"}
+    options = _options(cfg)
+    if "kernel_sizes" in options:
+        options["kernel_sizes"] = tuple(options["kernel_sizes"])
+    return CNN1d(shape.channels * shape.width, shape.height, shape.num_classes, **options)
 
 
 def _resmlp(cfg: dict, shape: DataShape) -> nn.Module:
