@@ -24,6 +24,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 SEED_MAX = 2**32 - 1  # torch's CPU generator keeps 32 bits: larger or negative seeds repeat these
 SCHEDULES = ("constant", "cosine")
+PRECISION_NAMES = ("float32", "tf32", "bf16")  # trainer.precision; initbench.train maps them to autocast dtypes
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the parameters and their updates are float32
 SWITCHES = ("auto", True, False)  # trainer.progress, trainer.compile
 NOT_CHECKED = ("paths",)  # checked where it is used
@@ -240,7 +242,6 @@ def _rules() -> dict[str, Rule]:
     """key -> rule, for keys checked wherever they are present."""
     # imported here, not at the top: this module is imported before Hydra composes, these bring torch
     from .data import VALID as DATASETS
-    from .train import COMPILE_MODES, PRECISIONS
 
     at_least_1 = _int_in(1)
     return {
@@ -249,7 +250,7 @@ def _rules() -> dict[str, Rule]:
         "trainer.batch_size": at_least_1,
         "trainer.eval_batch_size": at_least_1,
         "trainer.schedule": _one_of(SCHEDULES),
-        "trainer.precision": _one_of(PRECISIONS),
+        "trainer.precision": _one_of(PRECISION_NAMES),
         "trainer.compile": _one_of(SWITCHES),
         "trainer.compile_mode": _one_of(COMPILE_MODES),
         "trainer.progress": _one_of(SWITCHES),
@@ -331,7 +332,7 @@ def _key_problems(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def _device_problems(cfg: DictConfig) -> list[str]:
-    from .train import resolve_device
+    from .devices import resolve_device
 
     name = cfg.trainer.device
     try:

@@ -15,6 +15,7 @@ from torch import nn
 from . import __version__
 from .config import check_config
 from .data import SPLITS, Dataset, load_dataset
+from .devices import resolve_device
 from .epochs import FitResult
 from .errors import REFUSED
 from .footprint import check_fits
@@ -24,7 +25,7 @@ from .interrupts import sigterm_as_interrupt
 from .models import build_model
 from .store import TrackingUnavailable
 from .tracking import Tracker, config_hash, flatten, git_commit, liveness
-from .train import Scales, compiles, fit, resolve_device
+from .train import Scales, compiles, fit
 
 SWEEP_ENV = "INITBENCH_SWEEP_ID"  # set once per multirun by initbench.callbacks.SweepId
 PARENT_ENV = "INITBENCH_PARENT_RUN"  # the sweep's parent run id, set there too

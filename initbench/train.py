@@ -21,15 +21,14 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.nn import functional as F
 
-from .config import SCHEDULES
+from .config import COMPILE_MODES, PRECISION_NAMES, SCHEDULES
 from .data import Dataset
 from .epochs import EpochSums, FitResult, LogFn, train_epochs
 from .metric_keys import vitals_key
 from .vitals.points import MetricPoint, epoch_points, init_points
 
 # trainer.precision -> autocast dtype; tf32 trains float32 tensors with TF32 matmuls and convolutions
-PRECISIONS = {"float32": None, "tf32": None, "bf16": torch.bfloat16}
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+PRECISIONS = dict(zip(PRECISION_NAMES, (None, None, torch.bfloat16), strict=True))
 
 
 def autocast_dtype(trainer) -> torch.dtype | None:
@@ -65,29 +64,6 @@ def in_float32_math(train: Callable) -> Callable:
             return train(*args, **kwargs)
 
     return wrapped
-
-
-DEVICE_TYPES = ("cpu", "cuda", "mps")  # where the trainers run; meta holds no data, xla and others are untested
-
-
-def resolve_device(name: str, job_index: int = 0) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; any other name is passed to torch.device. On a machine
-    with several GPUs, `auto` spreads the jobs of a sweep over them: job i gets cuda:(i mod count)."""
-    if name != "auto":
-        device = torch.device(name)
-        if device.type not in DEVICE_TYPES:
-            raise ValueError(f"trainer.device={name!r}: initbench trains on {', '.join(DEVICE_TYPES)} "
-                             f"(auto picks one); {device.type} holds no data to train on here")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"trainer.device={name!r} but CUDA is not available here; use auto or cpu")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"trainer.device={name!r} but MPS is not available here; use auto or cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda", job_index % torch.cuda.device_count())
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def forward(model: nn.Module, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:

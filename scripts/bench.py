@@ -35,8 +35,9 @@ from torch.nn import functional as F
 from initbench.batched import fit_batched
 from initbench.batched.sweep import batching_pays
 from initbench.data import Dataset
+from initbench.devices import resolve_device
 from initbench.models import DataShape, build_model
-from initbench.train import COMPILE_MODES, PRECISIONS, fit, float32_math, resolve_device
+from initbench.train import COMPILE_MODES, PRECISIONS, fit, float32_math
 
 FAMILIES = {  # name -> (model config, (C, H, W), train size on GPU, train size on CPU)
     "lenet": ({"name": "lenet"}, (3, 32, 32), 50_000, 2048),

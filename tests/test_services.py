@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
 from initbench import run as run_module
+from initbench.devices import resolve_device
 from initbench.run import run
 from initbench.tracking import Tracker, TrackingUnavailable, check_reachable
-from initbench.train import resolve_device
 
 from .conftest import compose_config
 from .support import (

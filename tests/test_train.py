@@ -10,8 +10,9 @@ from torch.nn import functional as F
 
 from initbench.batched import fit_batched
 from initbench.data import load_dataset
+from initbench.devices import resolve_device
 from initbench.run import build_initialized_model
-from initbench.train import fit, resolve_device
+from initbench.train import fit
 
 from .conftest import compose_config
 

@@ -43,7 +43,7 @@ class BatchedLauncher(Launcher):
             raise ValueError(f"hydra.launcher.compile={compile!r}; valid: auto, true, false")
         if max_models < 1:
             raise ValueError(f"hydra.launcher.max_models must be >= 1, got {max_models}")
-        from initbench.train import COMPILE_MODES  # here: Hydra imports every plugin module at startup
+        from initbench.config import COMPILE_MODES  # here: Hydra imports every plugin module at startup
 
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"hydra.launcher.compile_mode={compile_mode!r}; valid: null, "
