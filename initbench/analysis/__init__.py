@@ -107,10 +107,8 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     keys = [*asked, *differing]  # a row of any table is one config (over seeds)
     runs, summary, grad_table, vitals, layers = _tables(data, keys, baseline, loss_threshold)
     kinds = [k for k in KINDS if (vitals.kind == k).any()]
-    title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in "
-             f"{len(summary)} groups")
-    if differing:
-        title += f", grouped also by {', '.join(differing)} (runs of one group differed in them)"
+    title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in {len(summary)} groups"
+             + (f", grouped also by {', '.join(differing)} (runs of one group differed in them)" if differing else ""))
     superseded = [f"{r.run_name} ({r.status})" for r in data.superseded.itertuples()]
     sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded),
                 vitals_markdown(summary, keys, kinds, without_vitals(runs, layers))]

@@ -102,6 +102,14 @@ def heatmap(runs: pd.DataFrame, group_keys: list[str], axes: tuple[str, str], me
     return grid, measure, panels
 
 
+def _runs_of(runs: pd.DataFrame, cell, keys: list[str]) -> pd.DataFrame:
+    """The averaged runs (neither diverged, failed nor killed) of grid `cell` (none for None)."""
+    used = runs[~runs.status.isin(COUNTED_ONLY)]
+    if cell is None:
+        return used.iloc[:0]
+    return used[np.logical_and.reduce([used[k].astype(str) == str(cell[k]) for k in keys])]
+
+
 def tune(runs: pd.DataFrame, group_keys: list[str], key: str, baseline: str | None, init_key: str = "init"
          ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(table, grid, runs left out): per group (the group keys without `key`), the value of `key` with
@@ -146,12 +154,7 @@ def tune(runs: pd.DataFrame, group_keys: list[str], key: str, baseline: str | No
         row[key] = chosen.get(key, math.nan)
         for count in ("n_runs", "n_diverged", "n_failed", "n_killed"):  # no value scored: the whole group's
             row[count] = chosen[count] if best is not None else int(cells[count].sum())
-        picked = runs[~runs.status.isin(COUNTED_ONLY)]
-        if best is not None:
-            mask = np.logical_and.reduce([picked[k].astype(str) == str(best[k]) for k in (*groups, key)])
-            picked = picked[mask]
-        else:
-            picked = picked.iloc[:0]
+        picked = _runs_of(runs, best, [*groups, key])
         for name in (VAL, SELECTED):
             row.update({f"{name}_{stat}": v for stat, v in describe(picked[name]).items()})
         row["runner_up"] = runner[key] if runner is not None else math.nan

@@ -95,6 +95,22 @@ def _ci_fallback_note(table: pd.DataFrame, column: str) -> list[str]:
             "is the percentile bootstrap's."]
 
 
+def _ranking_note(summary: pd.DataFrame, varying: list[str], lacking: pd.Series) -> str:
+    """What ranks the table: best validation accuracy, final test accuracy for runs without validation, or both."""
+    if not lacking.any():
+        return ("**Ranked by mean best validation accuracy**: each run is read at the epoch of its best "
+                "validation accuracy (the first such epoch), and the test set selects nothing. test acc "
+                "at best val: the test accuracy at that epoch; final test acc: at the last epoch.")
+    if not summary.ranked_by.eq(VAL).any():
+        return (f"**Ranked by mean final test accuracy: these runs have {NO_VAL}**, so no epoch is "
+                "selected (nothing is selected on the test set either). Run the sweep again with the "
+                "current initbench for test accuracy at best validation accuracy.")
+    names = ", ".join(" ".join(str(r[k]) for k in varying) for _, r in summary[lacking].iterrows())
+    return ("**Ranked by mean best validation accuracy** (each run read at the epoch of its best "
+            "validation accuracy; the test set selects nothing). The groups whose runs have "
+            f"{NO_VAL} come after them, ranked by mean final test accuracy: {names}.")
+
+
 def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str | None,
                    loss_threshold: float, title: str, superseded: list[str] = (), init_key: str = "init") -> str:
     """The ranked table with a caption (keys that are the same for every group) and footnotes;
@@ -124,21 +140,8 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
                  _steps(row.steps_to_loss_median, row.n_reached_loss, row.n_used),
                  _number(row.grad_norm_ratio, ".3g")] + (_comparison_cells(row) if has_p else [])
         lines.append("| " + " | ".join(cells) + " |")
-    if not lacking.any():
-        ranking = ("**Ranked by mean best validation accuracy**: each run is read at the epoch of its best "
-                   "validation accuracy (the first such epoch), and the test set selects nothing. test acc "
-                   "at best val: the test accuracy at that epoch; final test acc: at the last epoch.")
-    elif not summary.ranked_by.eq(VAL).any():
-        ranking = (f"**Ranked by mean final test accuracy: these runs have {NO_VAL}**, so no epoch is "
-                   "selected (nothing is selected on the test set either). Run the sweep again with the "
-                   "current initbench for test accuracy at best validation accuracy.")
-    else:
-        names = ", ".join(" ".join(str(r[k]) for k in varying) for _, r in summary[lacking].iterrows())
-        ranking = ("**Ranked by mean best validation accuracy** (each run read at the epoch of its best "
-                   "validation accuracy; the test set selects nothing). The groups whose runs have "
-                   f"{NO_VAL} come after them, ranked by mean final test accuracy: {names}.")
     notes = [
-        ranking,
+        _ranking_note(summary, varying, lacking),
         "n: runs (seeds) in the group. Mean ± std (ddof 1) and CI are over the runs that neither diverged, "
         "failed nor were killed (Ctrl-C, SIGTERM, a dead process): **those are counted, not averaged in**. "
         "A number over fewer of the group's runs (some lack that metric) says its own (n=k).",
