@@ -131,7 +131,7 @@ def part_a(repeats: int, epochs: int, depth: int, server: bool) -> list[str]:
         uris = {"SQLite file": None}
         if server:
             sys.path.insert(0, str(ROOT))
-            from tests.support import mlflow_server  # starts it on 127.0.0.1, stops it by its PID
+            from initbench.testing import mlflow_server  # starts it on 127.0.0.1, stops it by its PID
 
             uris["mlflow server"] = stack.enter_context(mlflow_server(Path(tmp) / "server"))
         Tracker(f"sqlite:///{tmp}/warm.db", "warm").ensure_experiment()  # imports, first store: not timed

@@ -41,8 +41,9 @@ table says, per check, what was done, what came of it, and ok or FAIL. Cases (`-
 
 The server (127.0.0.1, a free port, SQLite backend store and local artifact root in the work folder) is
 started only for the first three cases, and stopped by its PID. Exit status 0 when every check holds, 1 if
-any fails. Run it from a clone with the dev and launchers extras installed: it uses the tests package (its
-helpers, tests/conf and tests/failing.py). `OMP_NUM_THREADS` defaults to 1 for every job.
+any fails. Run it from a clone with the dev and launchers extras installed: its jobs use tests/conf and
+tests/failing.py (the helpers are initbench.testing's; the script imports nothing from tests/).
+`OMP_NUM_THREADS` defaults to 1 for every job.
 """
 
 import argparse
@@ -61,21 +62,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the tests package: the server helper, tests/conf's exploding model
+TEST_CONF = ROOT / "tests" / "conf"  # its model=exploding (tests/failing.py), read by Hydra in the jobs, not imported
+sys.path.insert(0, str(ROOT))  # initbench from this checkout
 
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from initbench.interrupts import child_pids  # noqa: E402
-from initbench.tracking import process_token  # noqa: E402
-from tests.support import (  # noqa: E402
-    TEST_CONF,
+from initbench.testing import (  # noqa: E402
     history_steps,
     initbench_command,
     initbench_env,
     mlflow_server,
     runs_in,
 )
+from initbench.tracking import process_token  # noqa: E402
 
 BATCH = 128  # conf/trainer/default.yaml
 # A sweep of 6 as Hydra option files: `+case=a,b,...` picks whole jobs, not a cartesian product.

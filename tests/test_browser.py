@@ -30,7 +30,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from .support import ROOT, cli, history_steps, initbench_env, mlflow_server, parent_runs_in, runs_in, stop_group
+from initbench.testing import (
+    ROOT,
+    cli,
+    history_steps,
+    initbench_env,
+    mlflow_server,
+    parent_runs_in,
+    runs_in,
+    stop_group,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [

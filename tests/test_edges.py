@@ -29,9 +29,9 @@ from initbench.init import InitError, build_policy
 from initbench.models import DataShape, build_model
 from initbench.run import SWEEP_ENV, run
 from initbench.store import TrackingUnavailable, open_client
+from initbench.testing import ROOT, cli, mlflow_server, parent_runs_in, runs_in
 
 from .conftest import compose_config
-from .support import ROOT, cli, mlflow_server, parent_runs_in, runs_in
 
 Q = ["model=mlp", "dataset.train_size=64", "trainer.epochs=1"]
 TEST_CONF = f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]"

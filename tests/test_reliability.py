@@ -17,10 +17,7 @@ from initbench.analysis import analyze
 from initbench.callbacks import scrub_credentials, sweep_id
 from initbench.run import already_done, computed_config, config_hash, run
 from initbench.store import TrackingUnavailable, check_reachable, clean_uri, redact
-from initbench.tracking import MAX_ERROR_CHARS, PROCESS_TAG, Tracker, process_token
-
-from .conftest import compose_config
-from .support import (
+from initbench.testing import (
     QUIET,
     cli,
     free_port,
@@ -30,6 +27,9 @@ from .support import (
     parent_runs_in,
     runs_in,
 )
+from initbench.tracking import MAX_ERROR_CHARS, PROCESS_TAG, Tracker, process_token
+
+from .conftest import compose_config
 
 # --- the SQLite store ------------------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from initbench.run import run
+from initbench.testing import ROOT, cli, parent_runs_in, runs_in
 
 from .conftest import compose_config
-from .support import ROOT, cli, parent_runs_in, runs_in
 
 
 def runs_of(folder: Path, experiment: str = "initbench"):

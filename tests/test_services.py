@@ -3,7 +3,7 @@ killed with SIGKILL included), and Hydra's joblib and submitit launchers.
 
 One tracking server serves the module: `mlflow server` on 127.0.0.1 and a free port, SQLite backend
 store and a local artifact root under the module's tmp folder, stopped by its PID at the end. Each
-test logs to its own experiment (the helpers are in tests/support.py).
+test logs to its own experiment (the helpers are in initbench/testing.py).
 """
 
 import http.server
@@ -24,21 +24,11 @@ from omegaconf import OmegaConf, open_dict
 from initbench import run as run_module
 from initbench.devices import resolve_device
 from initbench.run import run
+from initbench.testing import cli, free_port, history_steps, initbench_command, initbench_env, mlflow_server, runs_in
 from initbench.tracking import Tracker, TrackingUnavailable, check_reachable
 
 from .conftest import compose_config
-from .support import (
-    TEST_CONF,
-    TINY,
-    cli,
-    free_port,
-    history_steps,
-    initbench_command,
-    initbench_env,
-    mlflow_server,
-    needs_plugin,
-    runs_in,
-)
+from .support import TEST_CONF, TINY, needs_plugin
 
 
 @pytest.fixture(scope="module")
