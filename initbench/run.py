@@ -24,7 +24,7 @@ from .init.criticality import criticality_note
 from .interrupts import sigterm_as_interrupt
 from .models import build_model
 from .store import TrackingUnavailable
-from .tracking import Tracker, config_hash, flatten, git_commit, liveness
+from .tracking import UI_PORT, Tracker, config_hash, flatten, git_commit, liveness
 from .train import Scales, compiles, fit
 
 SWEEP_ENV = "INITBENCH_SWEEP_ID"  # set once per multirun by initbench.callbacks.SweepId
@@ -200,7 +200,7 @@ def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
     tracker.end(result.status)
     print(f"tracking URI: {tracker.uri}")
     if not tracker.uri.startswith(("http://", "https://")):
-        print(f"open it with: mlflow ui --backend-store-uri {tracker.uri}")
+        print(f"open it with: mlflow ui --backend-store-uri {tracker.uri} --port {UI_PORT}")
     print(f"its experiment's runs: {tracker.experiment_url()}")
 
 

@@ -39,6 +39,7 @@ MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_PARAM_CHARS = 1000, 100, 100, 6000
 # Config groups that say where things go, not what is computed: left out of the config hash.
 NOT_HASHED = ("paths", "tracking")
 MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+UI_PORT = 5000  # `mlflow ui`'s default port: the printed command names it, and the printed link uses it
 MAX_EXPERIMENT_CHARS = 256  # MLflow's SQL stores: experiments.name is a String(256)
 MAX_ERROR_CHARS = 5000  # of a traceback, its end: the line that names the exception
 # The tag MLflow's UI reads to open an experiment on its runs (the classic training view), not on the
@@ -188,7 +189,7 @@ class Tracker:
         """The experiment's page in MLflow's UI (this server's, or `mlflow ui`'s default address for a
         local store), on its runs: MLflow 3.17's UI opens an experiment on its GenAI overview unless
         the address says workflowType=machine_learning (it does not read mlflow.experimentKind)."""
-        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{UI_PORT}"
         return f"{redact(base)}/#/experiments/{self._experiment_id(create=False)}?workflowType=machine_learning"
 
     def ensure_experiment(self) -> str:

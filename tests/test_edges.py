@@ -382,3 +382,11 @@ def test_a_model_too_large_for_the_device_is_refused_in_under_a_second(tmp_path)
         check_fits({"name": "mlp", "depth": 3, "width": 100_000_000, "activation": "relu", "batch_norm": False},
                    {"_target_": "torch.optim.SGD", "momentum": 0.9}, 128, DataShape(1, 8, 8, 10), (1, 8, 8),
                    torch.device("cpu"))
+
+
+def test_the_analysis_goes_to_a_folder_of_its_own_by_default(tmp_path, monkeypatch):
+    uri = _hand_store(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = analyze(uri, log_to_mlflow=False)
+    assert result.files[0].parent.resolve() == tmp_path / "analysis" / "initbench" / "s"
+    assert not (tmp_path / "results").exists()

@@ -1,7 +1,7 @@
 """From the MLflow runs of a sweep to a ranked table over seeds, CSVs and plots (scripts/analyze.py).
 
     from initbench.analysis import analyze
-    result = analyze("sqlite:///mlflow.db", out="results/my_sweep")   # the latest sweep
+    result = analyze("sqlite:///mlflow.db", out="analysis/my_sweep")   # the latest sweep
     print(result.markdown)
 
 load (MLflow -> pandas) -> groups (which keys make a row: the asked ones and every param the runs of
@@ -91,7 +91,7 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     Every table groups by `group_by` (with `tune_key` and `heatmap_keys`) and by every other param in
     which runs of one group differ (groups.differing_keys), the seed aside: it never averages two configs.
 
-    Writes the tables and plots to `out` (default results/<sweep id>) and, with `log_to_mlflow`, the
+    Writes the tables and plots to `out` (default analysis/<experiment>/<sweep id>, never results/) and, with `log_to_mlflow`, the
     same files to the sweep's parent run; if the store refuses it (read-only, unreachable), the
     result says why in `log_error`. Raises NoRuns when there is nothing to analyze, UnknownGroupKey (a
     ValueError) for a key the runs do not have, NoValidation (a ValueError) for a selection on
@@ -99,7 +99,7 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     cannot be written; nothing is written then. Files an earlier analysis left in `out` that this one
     does not write are removed (`removed`)."""
     data = load_sweep(uri, experiment, sweep)
-    out = Path(out) if out is not None else Path("results") / data.sweep
+    out = Path(out) if out is not None else Path("analysis") / _file_part(data.experiment) / data.sweep
     check_out(out)
     axes = tuple(heatmap_keys) if heatmap_keys else ()
     asked = list(dict.fromkeys([*group_by, *([tune_key] if tune_key else []), *axes]))

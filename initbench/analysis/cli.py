@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..store import TrackingUnavailable
+from ..tracking import UI_PORT
 from . import (
     DEFAULT_GROUP_BY,
     DEFAULT_LOSS_THRESHOLD,
@@ -42,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
                    "param such as optimizer.lr or model.depth (default: %(default)s)")
     p.add_argument("--baseline", default="default",
                    help="init that the others are tested against; 'none' for no test (default: %(default)s)")
-    p.add_argument("--out", default=None, help="folder for the tables and plots (default: results/<sweep>)")
+    p.add_argument("--out", default=None, help="folder for the tables and plots (default: analysis/<experiment>/<sweep> in the working "
+                   "directory; results/ holds the project's committed findings)")
     p.add_argument("--loss-threshold", type=float, default=DEFAULT_LOSS_THRESHOLD,
                    help="training loss for the steps-to-threshold column (default: %(default)s)")
     p.add_argument("--no-log", action="store_true", help="do not log the analysis to the sweep's parent run in MLflow")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith(("http://", "https://")):  # a tracking server is its own UI
         print(f"open the runs in MLflow's UI: {uri}")
     else:
-        print(f"open the runs with: mlflow ui --backend-store-uri {uri}")
+        print(f"open the runs with: mlflow ui --backend-store-uri {uri} --port {UI_PORT}")
     if result.log_error:  # the analysis succeeded: a warning, exit status 0
         print(f"warning: the summary could not be logged to MLflow ({uri}): {result.log_error}; --no-log skips "
               "this step", file=sys.stderr)
