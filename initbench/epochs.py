@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Dataset
+from .selection import best_index
 from .vitals.points import MetricPoint
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,21 @@ class FitResult:
     status: str  # "finished" or "diverged"
     final: dict[str, float] = field(default_factory=dict)  # last epoch's train/test loss and acc
     steps: int = 0  # optimizer steps taken
+    epochs: list[dict[str, float]] = field(default_factory=list)  # each evaluated epoch's `final`, in order
+
+    def summary(self) -> dict[str, float]:
+        """The run in a few numbers, for sorting and grouping runs (MLflow's runs table): selected on
+        validation as the analysis selects (initbench.selection), final test accuracy and training loss
+        (the last epoch's mean), steps taken, diverged (1) or not (0)."""
+        out = {"steps": float(self.steps), "diverged": float(self.status == "diverged")}
+        if self.epochs:
+            last = self.epochs[-1]
+            out.update(final_test_acc=last["test/acc"], last_epoch_train_loss=last["train/loss"])
+        best = best_index([e.get("val/acc", math.nan) for e in self.epochs])
+        if best is not None:
+            out.update(best_val_epoch=float(best + 1), best_val_acc=self.epochs[best]["val/acc"],
+                       test_acc_at_best_val=self.epochs[best]["test/acc"])
+        return out
 
 
 @dataclass
@@ -129,6 +145,7 @@ def train_epochs(steps: EpochSteps, data: Dataset, trainer, seeds: Sequence[int]
         for j in survivors:
             mine = {split: (split_losses[j], accs[j]) for split, (split_losses, accs) in held_out.items()}
             results[j].final, accuracies, loss_points = epoch_results(epoch, loss_sums[j] / n, rights[j] / n, mine)
+            results[j].epochs.append(results[j].final)
             if all(math.isfinite(loss) for loss, _ in mine.values()):
                 logs[j](points[j] + accuracies + loss_points)
             else:  # the last steps blew the weights up

@@ -6,6 +6,7 @@ No torch here: the trainers write these keys (initbench.vitals.points) and the a
 import re
 
 VITALS = "vitals/"  # one chart section in MLflow's UI, sorted after test/, train/ and val/
+SUMMARY = "summary/"  # a run's summary metrics, once each at its end (FitResult.summary): the runs table's columns
 
 
 def metric_name(name: str) -> str:

@@ -22,6 +22,7 @@ from .footprint import check_fits
 from .init import InitReport, build_policy
 from .init.criticality import criticality_note
 from .interrupts import sigterm_as_interrupt
+from .metric_keys import SUMMARY
 from .models import build_model
 from .store import TrackingUnavailable
 from .tracking import UI_PORT, Tracker, config_hash, flatten, git_commit, liveness
@@ -194,9 +195,11 @@ def kill_run(cfg: DictConfig, tracker: Tracker, err: KeyboardInterrupt) -> None:
 
 
 def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
-    """Close the run with its status (finished or diverged) and say where it went."""
+    """Log the run's summary metrics (summary/<name>: FitResult.summary, at step 0), close the run with its
+    status (finished or diverged) and say where it went."""
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
     print(f"run {run_name(cfg)} ({tracker.run_id}) {result.status} after {result.steps} steps: {final}")
+    tracker.log_points([(f"{SUMMARY}{key}", value, 0) for key, value in result.summary().items()])
     tracker.end(result.status)
     print(f"tracking URI: {tracker.uri}")
     if not tracker.uri.startswith(("http://", "https://")):

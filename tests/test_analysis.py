@@ -353,3 +353,18 @@ def test_refused_artifacts_end_a_parent_run_made_for_the_analysis_failed(agreein
     [parent] = client.search_runs([client.get_experiment_by_name("initbench").experiment_id],
                                   f"tags.`{PARENT_TAG}` = 'true'")
     assert parent.info.status == "FAILED"  # not left RUNNING
+
+
+@pytest.mark.slow
+def test_each_run_carries_summary_metrics_that_agree_with_the_analysis(result):
+    """summary/* (FitResult.summary, logged at the run's end) sort and group runs in MLflow's runs table
+    without the analysis; they are the analysis' own per-run numbers."""
+    logged = result.sweep.runs.set_index("run_id")
+    for job in result.runs.itertuples():
+        row = logged.loc[job.run_id]
+        assert row["metrics.summary/diverged"] == (job.status == "diverged")
+        assert row["metrics.summary/final_test_acc"] == pytest.approx(job.final_test_acc)
+        if job.status == "finished":
+            assert row["metrics.summary/test_acc_at_best_val"] == pytest.approx(job.test_acc_at_best_val)
+            assert row["metrics.summary/best_val_acc"] == pytest.approx(job.best_val_acc)
+            assert row["metrics.summary/best_val_epoch"] == job.best_val_epoch

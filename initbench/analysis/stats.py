@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..selection import best_index
 from .load import GRAD_PREFIXES, HISTORY_KEYS, VAL_KEYS, SweepRuns
 
 COUNTED_ONLY = ("diverged", "failed", "killed")  # statuses that are counted, never averaged in
@@ -117,10 +118,10 @@ def per_run(sweep: SweepRuns, group_keys: list[str], loss_threshold: float) -> p
 def selected_on_val(val: pd.DataFrame, test: pd.DataFrame) -> tuple[float, float, float]:
     """(epoch, validation accuracy, test accuracy) at the run's best validation accuracy, the first
     epoch that reaches it; NaN where the run has no validation accuracy (or no test accuracy then)."""
-    val = val[np.isfinite(val.value.astype(float))]
-    if val.empty:
+    i = best_index(val.value.astype(float).tolist())  # the history is sorted by step
+    if i is None:
         return math.nan, math.nan, math.nan
-    best = val.loc[val.value.idxmax()]  # idxmax: the first of equal maxima (the history is sorted by step)
+    best = val.iloc[i]
     at = test.loc[test.step == best.step, "value"]
     return float(best.step), float(best.value), float(at.iloc[0]) if len(at) else math.nan
 
