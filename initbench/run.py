@@ -195,7 +195,7 @@ def kill_run(cfg: DictConfig, tracker: Tracker, err: KeyboardInterrupt) -> None:
 
 
 def finish_run(cfg: DictConfig, tracker: Tracker, result: FitResult) -> None:
-    """Log the run's summary metrics (summary/<name>: FitResult.summary, at step 0), close the run with its
+    """Log the run's summary metrics (whole_run/<name>: FitResult.summary, at step 0), close the run with its
     status (finished or diverged) and say where it went."""
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
     print(f"run {run_name(cfg)} ({tracker.run_id}) {result.status} after {result.steps} steps: {final}")

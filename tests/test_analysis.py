@@ -357,14 +357,14 @@ def test_refused_artifacts_end_a_parent_run_made_for_the_analysis_failed(agreein
 
 @pytest.mark.slow
 def test_each_run_carries_summary_metrics_that_agree_with_the_analysis(result):
-    """summary/* (FitResult.summary, logged at the run's end) sort and group runs in MLflow's runs table
+    """whole_run/* (FitResult.summary, logged at the run's end) sort and group runs in MLflow's runs table
     without the analysis; they are the analysis' own per-run numbers."""
     logged = result.sweep.runs.set_index("run_id")
     for job in result.runs.itertuples():
         row = logged.loc[job.run_id]
-        assert row["metrics.summary/diverged"] == (job.status == "diverged")
-        assert row["metrics.summary/final_test_acc"] == pytest.approx(job.final_test_acc)
+        assert row["metrics.whole_run/diverged"] == (job.status == "diverged")
+        assert row["metrics.whole_run/final_test_acc"] == pytest.approx(job.final_test_acc)
         if job.status == "finished":
-            assert row["metrics.summary/test_acc_at_best_val"] == pytest.approx(job.test_acc_at_best_val)
-            assert row["metrics.summary/best_val_acc"] == pytest.approx(job.best_val_acc)
-            assert row["metrics.summary/best_val_epoch"] == job.best_val_epoch
+            assert row["metrics.whole_run/test_acc_at_best_val"] == pytest.approx(job.test_acc_at_best_val)
+            assert row["metrics.whole_run/best_val_acc"] == pytest.approx(job.best_val_acc)
+            assert row["metrics.whole_run/best_val_epoch"] == job.best_val_epoch
