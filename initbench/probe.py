@@ -149,7 +149,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3e}"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         options = probe_options(cfg)

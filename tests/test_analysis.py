@@ -318,7 +318,9 @@ def test_only_a_bad_group_key_is_a_usage_error(agreeing, tmp_path, monkeypatch, 
 
 
 def read_only(uri: str) -> type[Tracker]:
-    """A Tracker that opens `uri`'s SQLite file read-only (a chmod would not stop a test run as root)."""
+    """A Tracker that opens `uri`'s SQLite file read-only (a chmod would not stop a test run as root).
+    MLflow makes the folder of the path after sqlite:///, here the relative `file:/...`: run it from
+    a temporary folder."""
     path = uri[len("sqlite:///"):]
 
     class ReadOnlyTracker(Tracker):
@@ -336,6 +338,7 @@ def assert_table_then_one_warning(captured, reason: str) -> None:
 
 
 def test_a_read_only_store_gets_the_table_and_a_one_line_warning(agreeing, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("initbench.analysis.summary.Tracker", read_only(uri_of(agreeing)))
     assert main(["--tracking-uri", uri_of(agreeing), "--out", str(tmp_path)]) == 0  # the analysis succeeded
     assert_table_then_one_warning(capfd.readouterr(), "OperationalError: attempt to write a readonly database")
