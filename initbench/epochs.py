@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import Dataset
-from .selection import best_index
+from .selection import LOSS_THRESHOLD, best_index, first_at_or_below
 from .vitals.points import MetricPoint
 
 logger = logging.getLogger(__name__)
@@ -34,12 +34,16 @@ class FitResult:
     final: dict[str, float] = field(default_factory=dict)  # last epoch's train/test loss and acc
     steps: int = 0  # optimizer steps taken
     epochs: list[dict[str, float]] = field(default_factory=list)  # each evaluated epoch's `final`, in order
+    reached_loss_at: int | None = None  # the first step whose batch loss <= LOSS_THRESHOLD
 
     def summary(self) -> dict[str, float]:
         """The run in a few numbers, for sorting and grouping runs (MLflow's runs table): selected on
         validation as the analysis selects (initbench.selection), final test accuracy and training loss
-        (the last epoch's mean), steps taken, diverged (1) or not (0)."""
+        (the last epoch's mean), steps taken, diverged (1) or not (0), and steps_to_loss_<LOSS_THRESHOLD>
+        where the batch loss reached it."""
         out = {"steps": float(self.steps), "diverged": float(self.status == "diverged")}
+        if self.reached_loss_at is not None:
+            out[f"steps_to_loss_{LOSS_THRESHOLD:g}"] = float(self.reached_loss_at)
         if self.epochs:
             last = self.epochs[-1]
             out.update(final_test_acc=last["test/acc"], last_epoch_train_loss=last["train/loss"])
@@ -135,6 +139,9 @@ def train_epochs(steps: EpochSteps, data: Dataset, trainer, seeds: Sequence[int]
             points[j] = step_points(losses[j], norms[j], grad_keys, step0)
             bad = first_non_finite(losses[j])
             results[j].steps = step0 + (len(losses[j]) if bad is None else bad)
+            below = first_at_or_below(losses[j][:results[j].steps - step0], LOSS_THRESHOLD)
+            if results[j].reached_loss_at is None and below is not None:
+                results[j].reached_loss_at = step0 + below + 1
             if bad is not None:
                 logs[j](points[j])
                 results[j].status = "diverged"

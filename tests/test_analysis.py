@@ -186,7 +186,10 @@ def test_the_analysis_goes_to_the_sweeps_parent_run_and_later_analysis_ignores_i
     parent = client.get_run(result.sweep_run_id)
     assert parent.info.run_name == f"sweep-{result.sweep.sweep}" and parent.data.tags[PARENT_TAG] == "true"
     assert parent.data.tags["initbench.sweep"] == result.sweep.sweep
-    assert parent.data.tags["mlflow.note.content"] == result.markdown  # its Description: the ranked table
+    description = parent.data.tags["mlflow.note.content"]  # its Description: the ranking in a few columns
+    assert description == result.overview and result.markdown.split("\n")[0] in description  # the caption
+    header = description.split("\n")[0]
+    assert header.startswith("| # | init | optimizer.lr | n | diverged |") and header.count("|") == 8, header
     logged = {a.path for a in client.list_artifacts(result.sweep_run_id, "analysis")}
     assert logged == {f"analysis/{p.name}" for p in result.files} | {"analysis/summary.json"}
     assert parent.data.tags["initbench.analysis.group_by"] == "model,dataset,init,optimizer.lr"  # what it grouped by
@@ -367,6 +370,8 @@ def test_each_run_carries_summary_metrics_that_agree_with_the_analysis(result):
         row = logged.loc[job.run_id]
         assert row["metrics.whole_run/diverged"] == (job.status == "diverged")
         assert row["metrics.whole_run/final_test_acc"] == pytest.approx(job.final_test_acc)
+        reached = row.get("metrics.whole_run/steps_to_loss_0.5", math.nan)  # logged where the loss got there
+        assert reached == job.steps_to_loss if math.isfinite(job.steps_to_loss) else math.isnan(reached)
         if job.status == "finished":
             assert row["metrics.whole_run/test_acc_at_best_val"] == pytest.approx(job.test_acc_at_best_val)
             assert row["metrics.whole_run/best_val_acc"] == pytest.approx(job.best_val_acc)

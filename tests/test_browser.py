@@ -56,6 +56,10 @@ SWEEP = ["init=default,kaiming", "seed=0,1"]
 NAMES = ["mlp-default-digits-s0", "mlp-default-digits-s1", "mlp-kaiming-digits-s0", "mlp-kaiming-digits-s1"]
 EPOCHS, STEPS_PER_EPOCH = 2, 1  # 128 examples in batches of 128
 VITALS = ["vitals/act_std", "vitals/backprop_std", "vitals/grad_norm"]  # the diagnostics' chart sections
+# The runs table's columns in the docs' view: three of the summary metrics in; three attributes out, for room.
+SUMMARY_COLUMNS = ["whole_run/test_acc_at_best_val", "whole_run/best_val_acc", "whole_run/diverged"]
+MOVED_ASIDE = ["Dataset", "Source", "Models"]
+TREE_TITLE = "span.du-bois-light-tree-title"  # an entry of the Columns menu (a tree of checkboxes)
 SCREENS_ENV = "INITBENCH_SCREENS"  # a folder that every screenshot is copied to as well
 # The sidebar's switch between MLflow's two UIs ("GenAI" | "Model training"); the browser remembers it
 # (localStorage), and `?workflowType=machine_learning` in a page's address is what it sets.
@@ -166,6 +170,24 @@ class Chromium:
             found[found.length - 1].click();
             return true;
         }})()"""))
+
+    def press(self, selector: str, text: str) -> bool:
+        """Press and release the mouse on the last element that matches `selector` and whose text is
+        `text`, as a pointer does (menus that open on pointerdown ignore a scripted click); whether there was one."""
+        centre = self.evaluate(f"""(() => {{
+            const found = Array.from(document.querySelectorAll({json.dumps(selector)}))
+                .filter(e => (e.innerText || '').trim() === {json.dumps(text)}).pop();
+            if (!found) return null;
+            const box = found.getBoundingClientRect();
+            return [box.x + box.width / 2, box.y + box.height / 2];
+        }})()""")
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased") if centre else ():
+            self.send("Input.dispatchMouseEvent", type=kind, x=centre[0], y=centre[1], button="left", clickCount=1)
+        return bool(centre)
+
+    def escape(self) -> None:
+        """Press Escape (closes an open menu)."""
+        self.send("Input.dispatchKeyEvent", type="keyDown", key="Escape", code="Escape", windowsVirtualKeyCode=27)
 
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
@@ -319,7 +341,8 @@ def test_sweep_is_one_row_with_its_jobs_as_children(ui, browser, shoot):
 
 
 def test_sweep_run_holds_the_analysis(ui, browser, shoot):
-    """The sweep's parent run: the ranked table as its description, its jobs as child runs, the
+    """The sweep's parent run: the ranking as its description, whole on the first screen (its last
+    cell is on top where it is drawn: not folded away behind "Show more"), its jobs as child runs, the
     analysis' files under Artifacts > analysis, summary.json shown as a table."""
     browser.open(f"{ui.uri}/#/experiments/{ui.experiment}/runs/{ui.parent}?{TRAINING_UI}")
     ranked = browser.wait_for("""(() => {  // the init column of the first table that has one
@@ -332,10 +355,19 @@ def test_sweep_run_holds_the_analysis(ui, browser, shoot):
     children = browser.wait_for(f"{json.dumps(NAMES)}.every(name => document.body.innerText.includes(name))")
     text = browser.evaluate("document.body.innerText")
     close_assistant(browser)
-    browser.click("button", "Show more")
-    time.sleep(0.5)  # the description unfolds
+    time.sleep(0.5)  # the panel closes
+    shown = """(row => {  // whether a row of the table lies inside the box that folds the description
+        const cell = [...document.querySelectorAll(`table tbody tr:nth-child(${row}) td:last-child`)].pop();
+        let fold = cell.parentElement;
+        while (fold && getComputedStyle(fold).overflowY !== 'hidden') fold = fold.parentElement;
+        const bottom = fold ? fold.getBoundingClientRect().bottom : window.innerHeight;
+        return cell.getBoundingClientRect().bottom <= Math.min(bottom, window.innerHeight);
+    })"""
+    rows = [browser.evaluate(f"{shown}({row})") for row in range(1, len(ranked) + 1)]
     shot = shoot("sweep-run.png")
     assert ranked == ui.ranked, f"the description is not the ranked table (screenshot {shot}):\n{text[:3000]}"
+    # The UI folds a description after a few lines: the table comes first, and a 2-row one is whole.
+    assert all(rows), f"the description does not open on its table's rows (screenshot {shot})"
     assert f"Sweep {ui.sweep} of experiment ui" in text  # the table's caption
     assert children and "Child runs" in text, f"the jobs are not listed as its child runs (screenshot {shot})"
 
@@ -350,6 +382,51 @@ def test_sweep_run_holds_the_analysis(ui, browser, shoot):
     shot = shoot("sweep-artifacts.png")
     assert listed, f"analysis/ does not list {ui.files} (screenshot {shot})"
     assert table, f"analysis/summary.json is not shown as a table (screenshot {shot})"
+
+
+def cell(row_id: str, column: str) -> str:
+    """JavaScript: the text of the runs table's cell in row `row_id` and column `column` (null if none)."""
+    selector = f'[role=row][row-id="{row_id}"] [col-id="{column}"]'
+    return f"(document.querySelector({json.dumps(selector)}) || {{}}).innerText"
+
+
+def test_runs_table_sorts_on_summary_metrics_and_groups_by_init(ui, browser, shoot):
+    """docs/mlflow.md's view of a sweep without the analysis: the runs table with whole_run/* columns
+    (Columns), grouped by init.name (Group by): a row per init, holding the mean of its runs' values."""
+    browser.open(f"{ui.uri}/#/experiments/{ui.experiment}/runs?{TRAINING_UI}")
+    assert browser.wait_for("!!document.querySelector('[role=row][row-id]')"), "the runs table did not open"
+    close_assistant(browser)
+    assert browser.click("button", "Columns")
+    for title in [*SUMMARY_COLUMNS, *MOVED_ASIDE]:
+        assert browser.wait_for(f"[...document.querySelectorAll('{TREE_TITLE}')].some(e => e.innerText === "
+                                f"{json.dumps(title)})"), f"the Columns menu has no {title}"
+        browser.click(TREE_TITLE, title)
+    browser.escape()
+    columns = [f"metrics.`{name}`" for name in SUMMARY_COLUMNS]
+    shown = browser.wait_for(f"(ids => {json.dumps(columns)}.every(c => ids.includes(c)) && ids)"
+                             "([...document.querySelectorAll('[col-id]')].map(e => e.getAttribute('col-id')))")
+    assert shown, "the summary metrics are not columns of the runs table"
+    assert not any(f"attributes.`{name}`" in shown for name in MOVED_ASIDE)
+
+    assert browser.press("button", "Group by"), "no Group by menu"
+    assert browser.wait_for("[...document.querySelectorAll('[role=menuitemcheckbox]')]"
+                            ".some(e => e.innerText.trim() === 'init.name')"), "Group by offers no init.name"
+    browser.click("[role=menuitemcheckbox]", "init.name")
+    browser.escape()
+    inits = sorted({name.split("-")[1] for name in NAMES})
+    rows = browser.wait_for(f"(rows => {json.dumps(inits)}.every(i => rows.some(r => r.id === 'param.init.name.' + i)) "
+                            f"&& rows)({ROWS})")
+    shot = shoot("runs-grouped-by-init.png")
+    assert rows, f"the runs are not grouped by init.name (screenshot {shot})"
+    client, metric = MlflowClient(ui.uri), SUMMARY_COLUMNS[0]
+    for init in inits:
+        group = f"param.init.name.{init}"
+        members = sorted(r["name"] for r in rows if r["id"].startswith(group + ".") and r.get("name"))
+        assert members == [n for n in NAMES if f"-{init}-" in n], (init, members)
+        shown = browser.evaluate(cell(group, f"metrics.`{metric}`"))
+        values = [client.get_run(ui.jobs[name]).data.metrics[metric] for name in members]
+        assert shown and shown.endswith("(average)"), (group, shown)
+        assert float(shown.split()[0]) == pytest.approx(sum(values) / len(values), rel=1e-6), (init, shown, values)
 
 
 def test_job_chart_view_opens_on_loss_and_accuracy(ui, browser, shoot):

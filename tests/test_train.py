@@ -111,6 +111,18 @@ def test_training_learns_digits():
     assert result.final["test/acc"] > 0.85
 
 
+def test_summary_names_the_first_step_whose_loss_reached_the_threshold():
+    """whole_run/steps_to_loss_0.5: the first logged train/loss <= 0.5 (the analysis' rule), once, however
+    high the loss goes after it; absent from a run whose loss never got there."""
+    result, points, _ = train(["model=mlp", "optimizer=adam"], epochs=3, train_size=1000)
+    losses = by_key(points)["train/loss"]
+    first = next(step for step, loss in losses if loss <= 0.5)
+    assert 1 < first < result.steps and result.summary()["steps_to_loss_0.5"] == first
+    slow, slow_points, _ = train(["model=mlp", "optimizer.lr=1e-5"], epochs=1)
+    assert "steps_to_loss_0.5" not in slow.summary()
+    assert min(v for _, v in by_key(slow_points)["train/loss"]) > 0.5
+
+
 def test_non_finite_loss_ends_diverged_not_an_exception():
     result, points, _ = train(["model=mlp", "model.activation=leaky_relu", "init=ones", "optimizer.lr=1e6"], epochs=3)
     assert result.status == "diverged"

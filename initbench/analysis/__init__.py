@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from ..selection import LOSS_THRESHOLD
 from .grid import HEATMAP_MEASURES, PERCENT, NoValidation, heatmap, tune
 from .groups import differing_keys
 from .load import HISTORY_KEYS, NoRuns, SweepRuns, load_sweep, parameter_order
@@ -30,6 +31,7 @@ from .summary import (
     heatmap_markdown,
     log_to_sweep_run,
     markdown_table,
+    overview_markdown,
     remove_stale,
     root_cause,
     tune_markdown,
@@ -42,7 +44,7 @@ __all__ = ["Analysis", "HEATMAP_MEASURES", "NoRuns", "NoValidation", "OutUnusabl
            "analyze", "load_sweep", "per_run", "summarize"]
 
 DEFAULT_GROUP_BY = ("model", "dataset", "init")
-DEFAULT_LOSS_THRESHOLD = 0.5
+DEFAULT_LOSS_THRESHOLD = LOSS_THRESHOLD
 VITALS_LABELS = {"act_std": ("activation std", True), "dead_frac": ("fraction of dead units", False)}  # (y, log?)
 
 
@@ -51,7 +53,8 @@ class Analysis:
     """What analyze() computed and wrote: `runs` one row per run, `summary` one row per group (ranked),
     `grad_norms` per group and parameter, `vitals` per group, kind (act_std, dead_frac), layer and epoch
     (the data of act_std.png and dead_frac.png), the markdown (the table, the vitals, then the --tune and
-    --heatmap sections), the files and the sweep's parent run id, or `log_error`: why the analysis could not be
+    --heatmap sections), the `overview` (the parent run's description: the ranking in a few columns), the
+    files and the sweep's parent run id, or `log_error`: why the analysis could not be
     logged to it. With tune: `tune` (one row per group) and `tune_grid` (per group and value); with
     heatmap: `heatmap` (one row per cell) and the `measure` it shows."""
 
@@ -61,6 +64,7 @@ class Analysis:
     grad_norms: pd.DataFrame
     vitals: pd.DataFrame
     markdown: str
+    overview: str = ""
     files: list[Path] = field(default_factory=list)
     sweep_run_id: str | None = None
     log_error: str | None = None
@@ -113,7 +117,7 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded),
                 vitals_markdown(summary, keys, kinds, without_vitals(runs, layers))]
     extra, grids = ({"vitals.csv": vitals} if len(vitals) else {}), []
-    result = Analysis(data, runs, summary, grad_table, vitals, "")
+    result = Analysis(data, runs, summary, grad_table, vitals, "", overview_markdown(summary, keys, title))
     for part in (_tune_part(result, keys, tune_key, baseline) if tune_key else None,
                  _heatmap_part(result, keys, axes, measure) if axes else None):
         if part:
@@ -131,7 +135,7 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
                    **({"heatmap": ",".join(axes), "measure": result.measure} if axes else {})}
         try:
             result.sweep_run_id = log_to_sweep_run(data.uri, data.experiment, data.sweep, result.files, summary,
-                                                   options, result.markdown)
+                                                   options, result.overview)
         except (MlflowException, OSError) as err:  # the store's errors, artifact writes, connections
             result.log_error = root_cause(err)
     return result

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..selection import best_index
+from ..selection import best_index, first_at_or_below
 from .load import GRAD_PREFIXES, HISTORY_KEYS, VAL_KEYS, SweepRuns
 
 COUNTED_ONLY = ("diverged", "failed", "killed")  # statuses that are counted, never averaged in
@@ -61,8 +61,8 @@ def steps_to_reach(losses: pd.DataFrame, threshold: float) -> float:
     """The first step whose training (batch) loss is <= threshold; inf if none is; NaN if no losses."""
     if losses.empty:
         return math.nan
-    hit = losses.loc[losses.value <= threshold, "step"]
-    return float(hit.iloc[0]) if len(hit) else math.inf
+    hit = first_at_or_below(losses.value.tolist(), threshold)
+    return math.inf if hit is None else float(losses.step.iloc[hit])
 
 
 def last_epoch_mean(losses: pd.DataFrame, epochs: int) -> float:

@@ -169,6 +169,30 @@ def markdown_table(summary: pd.DataFrame, group_keys: list[str], baseline: str |
     return "\n\n".join([_caption(title, same), "\n".join(lines), *notes]) + "\n"  # notes: one paragraph each
 
 
+def overview_markdown(summary: pd.DataFrame, group_keys: list[str], title: str) -> str:
+    """The sweep's parent run's description: the ranking in a few columns (rank, the keys that vary, n,
+    diverged, the compared accuracy with its CI), the table first, so that the MLflow UI's overview,
+    which folds a description after a few lines, opens on its top rows; the caption follows. Every
+    other measure and the footnotes are in analysis/summary.md beside it."""
+    varying, same = _varying(summary, group_keys)
+    measure = summary.compared_on.iloc[0]
+    accuracy = "test acc at best val %" if measure == SELECTED else "final test acc %"
+    header = ["#", *varying, "n", "diverged", accuracy, f"{CI_LEVEL:.0%} CI"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("--:" if h in ("#", "n", "diverged") else "---" for h in header) + "|"]
+    for rank, (_, row) in enumerate(summary.iterrows(), start=1):
+        cells = [str(rank), *(str(row[k]) for k in varying), str(row.n_runs), str(row.n_diverged),
+                 _pct(row[f"{measure}_mean"], row[f"{measure}_std"]),
+                 _ci(row[f"{measure}_ci_low"], row[f"{measure}_ci_high"], row[f"{measure}_ci_method"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    ranked = ("best validation accuracy" if summary.ranked_by.eq(VAL).all() else "final test accuracy"
+              if not summary.ranked_by.eq(VAL).any() else "best validation accuracy (then final test accuracy)")
+    return "\n\n".join(["\n".join(lines), _caption(title, same),
+                         f"Ranked by mean {ranked}; mean ± std over the runs that did not diverge or fail. "
+                         "Every measure, the tests against the baseline and the footnotes: "
+                         "analysis/summary.md in this run's artifacts."]) + "\n"
+
+
 def tune_markdown(table: pd.DataFrame, groups: list[str], key: str, baseline: str | None, left_out: int,
                   files: str = "tune.csv, tune_grid.csv, tune.png") -> str:
     """The --tune table: per group, the chosen value of `key`, its scores, the runner-up, the comparisons."""
@@ -360,17 +384,17 @@ def mlflow_store_quiet():
 
 @mlflow_store_quiet()
 def log_to_sweep_run(uri: str, experiment: str, sweep: str, files: list[Path], summary: pd.DataFrame,
-                     options: dict[str, str], markdown: str) -> str:
+                     options: dict[str, str], description: str) -> str:
     """Log the analysis to the sweep's parent run (made now, and ended, for runs that have none:
     single runs, `--sweep all`, sweeps before parent runs): the files as artifacts under analysis/,
-    `summary` also as an MLflow table (analysis/summary.json), the ranked table as the run's
-    description, the options as tags initbench.analysis.*. Analysis never counts a parent run as a
+    `summary` also as an MLflow table (analysis/summary.json), `description` (overview_markdown) as the
+    run's description, the options as tags initbench.analysis.*. Analysis never counts a parent run as a
     job. An error of the store is raised, not logged: the caller says in one line what it was (see
     root_cause); a parent made here is then ended FAILED, never left RUNNING."""
     tracker = Tracker(uri, experiment)
     found = tracker.find_sweep_run(sweep)
     run_id = found.info.run_id if found else tracker.sweep_run(sweep)
-    tags = {"mlflow.note.content": markdown[:MAX_NOTE],
+    tags = {"mlflow.note.content": description[:MAX_NOTE],
             **{f"initbench.analysis.{k}": v for k, v in options.items()}}
     try:
         tracker.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
