@@ -63,25 +63,30 @@ def mlflow_server(root: Path, startup_s: float = 120.0) -> Iterator[str]:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n"
-                                   + (root / "server.log").read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server on {uri} did not answer /health in {startup_s:.0f} s:\n"
-                                   + (root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_healthy(proc, uri, root / "server.log", startup_s)
         yield uri
     finally:
         stop_group(proc)
         log.close()
+
+
+def wait_healthy(proc: subprocess.Popen, uri: str, log: Path, startup_s: float = 120.0) -> None:
+    """Wait until the MLflow server `proc` answers `uri`/health; raise with the tail of its `log` if
+    it exits first or does not answer in startup_s."""
+    deadline = time.monotonic() + startup_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the MLflow server exited with {proc.returncode}:\n" + log.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the MLflow server on {uri} did not answer /health in {startup_s:.0f} s:\n"
+                               + log.read_text()[-3000:])
+        time.sleep(0.5)
 
 
 def initbench_command(*args: str) -> list[str]:

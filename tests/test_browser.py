@@ -390,7 +390,7 @@ def cell(row_id: str, column: str) -> str:
     return f"(document.querySelector({json.dumps(selector)}) || {{}}).innerText"
 
 
-def test_runs_table_sorts_on_summary_metrics_and_groups_by_init(ui, browser, shoot):
+def test_runs_table_shows_summary_metrics_and_groups_by_init(ui, browser, shoot):
     """docs/mlflow.md's view of a sweep without the analysis: the runs table with whole_run/* columns
     (Columns), grouped by init.name (Group by): a row per init, holding the mean of its runs' values."""
     browser.open(f"{ui.uri}/#/experiments/{ui.experiment}/runs?{TRAINING_UI}")
