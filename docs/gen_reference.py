@@ -53,6 +53,12 @@ def header_markdown(path: Path) -> str:
                        for code, lines in blocks)
 
 
+def first_header_sentence(path: Path) -> str:
+    """The first sentence of a YAML file's header comment (a period after "et al", "Sec", "Alg" ends none)."""
+    prose = " ".join(line.strip() for line in header(path)).strip()
+    return re.split(r"(?<! al)(?<!Sec)(?<!Alg)(?<!\bvs)\.\s", prose, maxsplit=1)[0].rstrip(".") + "."
+
+
 def top_level_keys(path: Path) -> list[tuple[str, str, str]]:
     """(key, value as written, comment) for each top-level `key: value` line of a YAML file."""
     keys = []
@@ -119,7 +125,11 @@ def policies_reference() -> str:
            "Generated from `conf/init/` at every build of this site: each policy's header comment (its "
            "paper and rule), its `requires:` line, its parameters and its rules. How rules match and how to "
            "write a policy: [Init policies](../inits.md).", ""]
-    for path in sorted((CONF / "init").glob("*.yaml")):
+    paths = sorted((CONF / "init").glob("*.yaml"))
+    out += ["| `init=` | paper and rule (the header's first sentence) |", "|---|---|"]
+    out += [f"| `{path.stem}` | {cell(first_header_sentence(path))} |" for path in paths]
+    out.append("")
+    for path in paths:
         policy = yaml.safe_load(path.read_text())
         out += [f"## `init={path.stem}`", "", header_markdown(path), ""]
         if policy.get("requires"):

@@ -8,7 +8,7 @@ from scipy import stats
 from scipy.integrate import quad
 from scipy.optimize import brentq
 
-from initbench.init import SCHEMES, InitError, build_policy
+from initbench.init import SCHEMES, InitError, build_policy, criticality
 from initbench.init.criticality import critical_sigma_w, criticality_note, kumar_variance, mean_field
 from initbench.models import DataShape, build_model
 from initbench.run import open_job
@@ -74,6 +74,21 @@ def test_an_activation_whose_chi_1_leaps_over_1_has_no_edge():
     and grows without bound (chi_1 -> sigma_w^2 / 2) above it."""
     with pytest.raises(ValueError, match=r"gelu at sigma_b=0.0: chi_1 jumps from 0.58\d to 1.17\d at sigma_w=1.53"):
         critical_sigma_w("gelu", 0.0)
+
+
+def test_the_docstrings_table_of_critical_sigma_w_is_what_the_code_computes():
+    """The module's docstring (the theory page of the docs renders it) cannot drift from the code."""
+    rows = [line.split("|")[1:-1] for line in criticality.__doc__.splitlines()
+            if line.startswith("| ") and not line.startswith("| activation")]
+    sigma_bs = [0.0, 0.05 ** 0.5, 0.5, 1.0]
+    assert len(rows) == 7
+    for name, *cells in rows:
+        for sigma_b, cell in zip(sigma_bs, cells, strict=True):
+            if cell.strip() == "none":
+                with pytest.raises(ValueError):
+                    critical_sigma_w(name.strip(), sigma_b)
+            else:
+                assert critical_sigma_w(name.strip(), sigma_b) == pytest.approx(float(cell), abs=6e-5), (name, sigma_b)
 
 
 def test_bad_activation_names_the_valid_ones():

@@ -89,3 +89,14 @@ def test_policy_applies_to_the_models_it_is_meant_for(name, model_name):
     if name not in DETERMINISTIC:
         other, _ = apply(policy, model_name, seed=1)
         assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "init").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_policy_opens_with_where_its_rule_comes_from(path):
+    """The header comment is the policy's entry in the docs' generated policy reference: its source
+    (a paper's year, PyTorch's code, a seed document) and its rule, before anything else in the file."""
+    lines = path.read_text().splitlines()
+    end = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    header = " ".join(line[1:].strip() for line in lines[:end])
+    assert len(header) > 40, f"{path.name} has no header comment"
+    assert re.search(r"\b(19|20)\d\d\b|PyTorch|[Ss]eeds? 00\d|Keras", header), f"{path.name}: no source in {header!r}"

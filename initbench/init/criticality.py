@@ -1,18 +1,49 @@
-r"""Inits set by an activation's signal propagation: the edge of chaos (`critical`) and Kumar's (`kumar`).
+"""Inits set by an activation's signal propagation: the edge of chaos (`critical`) and Kumar's (`kumar`).
 
-Mean field (Poole et al. 2016; Schoenholz et al. 2017, "Deep Information Propagation"): in a deep net
-with :math:`W \sim \mathcal{N}(0, \sigma_w^2/N)`, :math:`b \sim \mathcal{N}(0, \sigma_b^2)`, a unit's
-pre-activation variance follows, with :math:`z \sim \mathcal{N}(0, 1)`,
+**`critical`** (Schoenholz et al. 2017, "Deep Information Propagation"; Poole et al. 2016): every
+Conv/Linear weight W ~ N(0, σ_w²/fan_in), every bias b ~ N(0, σ_b²) (the one scheme `critical` fills a
+weight by σ_w and a 1-D bias by σ_b). In the mean-field limit a unit's pre-activation variance q
+follows, with z ~ N(0, 1),
 
-    q^{l+1} = sigma_w^2 E[phi(sqrt(q^l) z)^2] + sigma_b^2       -> its fixed point q*
-    chi_1   = sigma_w^2 E[phi'(sqrt(q*) z)^2]
+    q^{l+1} = σ_w² E[φ(√q^l z)²] + σ_b²        → a fixed point q*
+    χ₁      = σ_w² E[φ'(√q* z)²]
 
-chi_1 < 1: ordered (nearby inputs' correlations -> 1, gradients vanish with depth); chi_1 > 1: chaotic
-(they decorrelate, gradients explode); chi_1 = 1: critical, where the trainable depth peaks. Gaussian
-expectations are by Gauss-Legendre quadrature on each half-line, roots by Brent's method.
+χ₁ < 1 is the ordered phase (nearby inputs' correlations go to 1, gradients vanish with depth),
+χ₁ > 1 the chaotic one (they decorrelate, gradients explode); at χ₁ = 1 the depth scales diverge and
+the deepest trainable nets sit there. `mean_field(activation, sigma_w, sigma_b)` returns (`q*`, χ₁),
+`critical_sigma_w(activation, sigma_b)` the σ_w where χ₁ = 1. `q*` is the fixed point the recursion
+reaches from q⁰ = 1 (inputs are normalized to unit variance): the map is increasing in q, so it is
+the nearest root of map(q) − q in the direction the recursion moves, found by bracketing and Brent's
+method (0 or ∞ where the variance dies out or grows without bound; χ₁ is then its limit there). The
+Gaussian expectations are Gauss–Legendre quadrature on each half-line, z < 0 and z > 0: every
+activation here is smooth except at 0, so each half is smooth and the rule is good to about 1e-13,
+where Gauss–Hermite over the whole line straddles the kink (200 nodes: SELU's χ₁ 1.6% off).
+The critical σ_w (`critical_sigma_w`):
 
-Kumar (2017), "On weight initialization in deep neural networks": for an activation g differentiable
-at 0, Var(w) = 1 / (N g'(0)^2 (1 + g(0)^2)); for ReLU (not differentiable at 0) his result is 2/N.
+| activation | σ_b = 0 | σ_b² = 0.05 | σ_b = 0.5 | σ_b = 1 |
+|---|---|---|---|---|
+| linear | 1.0000 | 1.0000 | 1.0000 | 1.0000 |
+| tanh | 1.0000 | 1.3270 | 1.5497 | 1.8556 |
+| sigmoid | 10.1493 | 10.1552 | 10.1789 | 10.2650 |
+| relu | 1.4142 | 1.4142 | 1.4142 | 1.4142 |
+| leaky_relu | 1.4141 | 1.4141 | 1.4141 | 1.4141 |
+| selu | 0.6905 | 0.9496 | 1.0496 | 1.1479 |
+| gelu | none | none | 1.3999 | 1.4059 |
+
+ReLU's χ₁ = σ_w²/2 whatever `q*`, so √2 at any σ_b (with σ_b > 0 the variance then grows without
+bound: for ReLU only (√2, 0) is a true edge). GELU at small σ_b has none: from q⁰ = 1 the variance
+falls to 0 (χ₁ = σ_w²/4) below σ_w ≈ 1.53 and grows without bound (χ₁ → σ_w²/2) above, so χ₁ leaps
+over 1, and `critical_sigma_w` says so. tanh at σ_b² = 0.05 (the bias variance of Schoenholz et al.'s
+experiments) gives σ_w² = 1.761.
+
+**`kumar`** (Kumar 2017, "On weight initialization in deep neural networks"): for an activation g
+differentiable at 0, a first-order expansion of g around 0 keeps the pre-activation variance through
+depth when Var(w) = 1 / (N g'(0)² (1 + g(0)²)), N = fan_in: tanh 1/N (LeCun's), sigmoid
+1/(N · 0.0625 · 1.25) = 12.8/N, gelu 4/N, linear 1/N. ReLU is not differentiable at 0; Kumar's result
+for it is He's 2/N (leaky_relu, slope 0.01 as nn.LeakyReLU: 2/((1 + 0.01²) N)). SELU is kinked at 0
+(slopes 1.05 and 1.76) and is refused, naming the activations the rule covers. Biases 0. Kumar's scale
+keeps the forward variance but is not critical: `mean_field("sigmoid", 12.8 ** 0.5, 0)` has
+χ₁ = 0.354, and sigmoid's edge is σ_w ≈ 10.15, a weight variance of 103/N.
 """
 
 import math

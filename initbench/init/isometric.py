@@ -11,6 +11,16 @@ M: the conv is then M applied at every position, as an (out x in) Linear with we
   Hadamard matrix of size p = 2^ceil(log2 out) (the paper's pseudocode prints c = 2^(-(m-1)/2); the code
   uses 2^(-m/2) = 1/sqrt(p), with which M^T M = I when out = p, and (out/p) I when out is a multiple of
   2^ceil(log2 in); other widths leave cross terms). Linear weights get M itself.
+
+`delta_orthogonal` draws M with `torch.nn.init.orthogonal_` from the run's generator; a stack of such
+convs with "same" padding and a linear activation preserves every input's norm exactly. `gain` is the
+paper's σ_w (1 for tanh or linear nets at σ_b = 0, √2 for ReLU). The kernel must be odd (a centre
+tap) and c_out ≥ c_in (orthonormal columns); a conv that is neither is refused before anything
+changes, naming the parameter, its shape and `orthogonal` as the init for it. Grouped convs are not
+handled separately (M spans c_out × c_in/groups). `zero_init` draws no random number: every seed gets
+the same weights, and its policy also zeroes each residual branch's last layer (`*.branch.out.weight`),
+so a ZerO residual net starts as its stem and head. Their report's expected std:
+gain/√(c_out · k₁ · k₂ · ...) and that of the 0/1/Hadamard pattern.
 """
 
 import math

@@ -4,6 +4,39 @@ They read what they need of the model as structure facts (initbench.init.structu
 the residual branches), `branch_layers` (m, the weight layers of one branch) and `heads` (of the attention
 module above the parameter). Declared under the names in `declare(...)` below; the policies that use
 them are conf/init/{fixup,gpt2_scaled,mimetic}.yaml.
+
+The residual policies (`fixup`, `skipinit`, `rezero`, `zero_residual`, `gpt2_scaled`, `mimetic`)
+address a structure, not a model class: the convention that resmlp, resnet and the transformer share
+(modules named `branch`, `out`, `out_norm`, `head`, `qkv`; `ScalarGate`s with `model.branch_gate=scalar`,
+Fixup's `ScalarBias`es with `model.branch_bias=true`), so they apply to any model that follows it. An
+init applied to a model without its structure is refused before anything changes, naming the rule
+and what it looked for. Fixup's scalar rules are not optional: without the multipliers and biases it
+is not Fixup (the paper's ablation loses accuracy without them). Where each applies:
+
+| init | resmlp | resnet (`norm=batch`) | resnet (`norm=none`) | transformer |
+|---|---|---|---|---|
+| `fixup` | with gate + bias | with gate + bias | with gate + bias | with gate + bias (the ResNet recipe) |
+| `skipinit`, `rezero` | with gate | with gate | with gate | with gate |
+| `zero_residual` | refused (no `out_norm`) | yes | refused | refused |
+| `gpt2_scaled` | yes | refused (convolutions) | refused | yes |
+| `mimetic` | refused (no `qkv`) | refused | refused | yes |
+
+Departures from the papers' code, on purpose:
+
+- `fixup_normal` scales He by fan_in (He et al.'s forward rule); the official code takes the conv's
+  fan_out. They differ only where a branch's first conv changes the width (the first block of
+  resnet's stages 2 and 3); its `mode` arg picks either. The stem is He normal (the official code
+  leaves it at PyTorch's default).
+- mimetic: the paper factors W_v W_out by SVD. A policy fills parameters one at a time, and the value
+  rows (in `qkv`) and `out` are two parameters that would have to share one random Z; so W_v = c·I
+  and W_out = (α₂Z − β₂I)/c, with c⁴ = β₂² + α₂²/d (the mean squared singular value of α₂Z − β₂I),
+  which gives exactly the paper's product with factors of about the same size as the SVD's. Z is
+  Gaussian, as the paper writes it. q and k are the paper's rule exactly, one Z_h per head.
+- `zero_residual` follows torchvision (conv fan_out, head default); Goyal et al. only state γ = 0.
+
+The report's expected std is the theory for every tensor these fill (Fixup's √(2/fan)·L^(−1/(2m−2)),
+GPT-2's 0.02/√L, the moments of (α₂Z − β₂I)/c for mimetic's `out`), and empty for mimetic's `qkv`
+(the SVD factors' spread has no closed form).
 """
 
 import math
