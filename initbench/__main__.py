@@ -29,7 +29,8 @@ def cli() -> None:
     finally:
         # Everything is written (each run's Tracker.end waited for its writes): leave the objects to the
         # OS. Frozen, they escape the interpreter's last garbage collections over all that torch, MLflow
-        # and SQLAlchemy loaded: the exit takes 0.3 s instead of 1.8 s on 2 CPU cores (README, Logging cost).
+        # and SQLAlchemy loaded: the exit takes 0.3 s instead of 1.8 s on 2 CPU cores (docs/benchmarks.md,
+        # Logging cost).
         gc.freeze()
 
 

@@ -4,7 +4,7 @@
     python scripts/bench_logging.py --repeats 3 --server     # (a) also against a local `mlflow server`
     python scripts/bench_logging.py --part a --repeats 1     # just (a), once
 
-(a) The README's sweep `model=mlp model.depth=30 seed=0,1,2` on digits (1,437 training images, batch
+(a) The sweep `model=mlp model.depth=30 seed=0,1,2` on digits (1,437 training images, batch
     128: 12 steps per epoch), trainer.epochs=10, each job run as `python -m initbench` runs it
     (initbench.run.open_job, then train_and_log) in this process, into a new SQLite store in a
     temporary folder (with --server, also into a new experiment of a local `mlflow server`, SQLite

@@ -1,5 +1,5 @@
 """The MLflow UI in a real browser: a small sweep and its analysis logged to `mlflow server`, opened in
-headless Chromium the way a user opens them (README, "The same runs in the MLflow UI").
+headless Chromium the way a user opens them (docs/mlflow.md, "The same runs in the MLflow UI").
 
 Chromium is Debian's `chromium` package (.ci/run installs it); without it the module is skipped.
 It is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: no port, no extra package),
@@ -224,7 +224,7 @@ class Sweep:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory) -> Iterator[Sweep]:
-    """A tracking server holding a 4-job sweep and its analysis, as README's walk-through makes them."""
+    """A tracking server holding a 4-job sweep and its analysis, as the docs' MLflow page makes them."""
     root = tmp_path_factory.mktemp("ui")
     with mlflow_server(root / "server") as uri:
         done = cli("-m", *SWEEP, "model=mlp", "dataset.train_size=128", f"trainer.epochs={EPOCHS}",
@@ -297,7 +297,7 @@ def test_experiment_link_opens_on_the_runs(ui, browser, shoot):
 
 
 def test_sweep_is_one_row_with_its_jobs_as_children(ui, browser, shoot):
-    """README's walk-through: the experiment, switched to "Model training", shows the sweep as one row;
+    """The docs' MLflow walk-through: the experiment, switched to "Model training", shows the sweep as one row;
     expanded, its four jobs under it with their datasets; its chart view opens on test/ and train/."""
     browser.open(f"{ui.uri}/#/experiments/{ui.experiment}")
     assert browser.wait_for(LANDED), "the experiment page did not open"

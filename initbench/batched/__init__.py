@@ -1,4 +1,4 @@
-"""Train many models of one architecture at once with torch.func (see the README, Batched sweeps).
+"""Train many models of one architecture at once with torch.func (docs/batched.md).
 
     from initbench.batched import fit_batched
     results = fit_batched(models, data, cfg.trainer, cfg.optimizer, seeds=[0, 1, 2], logs=[...])
