@@ -1,8 +1,9 @@
 """Datasets as normalized tensors on the training device: a batch is an index into them.
 
 `digits` is scikit-learn's bundled 8x8 set (offline); `mnist1d` is generated offline by the `mnist1d`
-package and cached in `data_dir`; `mnist`, `fashion_mnist` and `cifar10` are read with torchvision's own
-dataset classes from `data_dir`, downloaded there on first use.
+package and cached in `data_dir`; `fashion_mnist` is read from Debian's package dataset-fashion-mnist
+where it is installed (initbench.packaged_data: offline, its content checked); otherwise it, `mnist` and
+`cifar10` are read with torchvision's own dataset classes from `data_dir`, downloaded there on first use.
 """
 
 import hashlib
@@ -23,6 +24,7 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from .models import DataShape
+from .packaged_data import packaged
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -258,7 +260,8 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
     elif name == "mnist1d":
         train_x, test_x, train_y, test_y = _mnist1d(cfg, Path(data_dir).expanduser())
     elif name in TORCHVISION:
-        train_x, test_x, train_y, test_y = _torchvision(name, Path(data_dir).expanduser())
+        found = packaged(name)
+        train_x, test_x, train_y, test_y = found if found else _torchvision(name, Path(data_dir).expanduser())
     else:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(VALID)}")
     seed = cfg.get("split_seed", 0)

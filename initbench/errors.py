@@ -12,10 +12,11 @@ from .config import ConfigError
 from .data import DatasetUnavailable, DataSizeError
 from .footprint import TooLarge
 from .init import InitError
+from .packaged_data import DatasetCorrupt
 from .store import TrackingUnavailable
 
 # Found before training: the config, the data, the model's size, the policy against the model. The sweep records these.
-REFUSED = (ConfigError, InitError, DatasetUnavailable, DataSizeError, TooLarge)
+REFUSED = (ConfigError, InitError, DatasetUnavailable, DatasetCorrupt, DataSizeError, TooLarge)
 USER_ERRORS = (*REFUSED, TrackingUnavailable)
 
 

@@ -1,5 +1,6 @@
 """Datasets: the offline digits set, and torchvision's real loaders on files written in their formats."""
 
+import gzip
 import pickle
 import struct
 
@@ -8,7 +9,14 @@ import pytest
 import torch
 import torchvision
 
+from initbench import packaged_data
 from initbench.data import DatasetUnavailable, load_dataset
+from initbench.packaged_data import DatasetCorrupt
+from initbench.testing import cli, runs_in
+
+FASHION = packaged_data.FOLDERS["fashion_mnist"]
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason=f"{FASHION} is absent: apt-get install "
+                                   "dataset-fashion-mnist (.ci/run does it when run as root)")
 
 
 def test_digits_is_a_fixed_stratified_normalized_split():
@@ -70,7 +78,8 @@ def write_idx(path, array: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
-def test_mnist_format_files_are_read_by_torchvision(tmp_path, name, folder):
+def test_mnist_format_files_are_read_by_torchvision(tmp_path, monkeypatch, name, folder):
+    monkeypatch.setitem(packaged_data.FOLDERS, "fashion_mnist", tmp_path / "no-package")  # not installed
     rng = np.random.default_rng(0)
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
@@ -87,6 +96,35 @@ def test_mnist_format_files_are_read_by_torchvision(tmp_path, name, folder):
     pixels = torch.tensor(train_images, dtype=torch.float32)
     expected = (pixels - pixels.mean()) / pixels.std()
     assert torch.allclose(data.train_x[:, 0], expected, atol=1e-5)
+
+
+@needs_fashion
+def test_fashion_mnist_comes_from_debians_package_offline():
+    """The package's 60,000 + 10,000 images, whatever data_dir says (nothing is read or written there)."""
+    data = load_dataset({"name": "fashion_mnist", "val_size": 0.1, "split_seed": 0}, "/nonexistent")
+    assert data.train_x.shape == (54_000, 1, 28, 28) and data.val_x.shape == (6_000, 1, 28, 28)
+    assert data.test_x.shape == (10_000, 1, 28, 28) and data.shape.num_classes == 10
+    assert data.test_y.bincount().tolist() == [1_000] * 10  # the published test set: 1,000 per class
+    assert data.val_y.bincount().tolist() == [600] * 10  # stratified
+    assert abs(data.train_x.mean().item()) < 1e-4 and abs(data.train_x.std().item() - 1) < 1e-3
+    raw = packaged_data.packaged("fashion_mnist")
+    assert raw[2][:3].tolist() == [9, 0, 0]  # the first training images: ankle boot, T-shirt, T-shirt
+
+
+def test_a_package_file_that_differs_is_refused_by_name(tmp_path, monkeypatch):
+    """Files in the package's layout whose content is not the package's: refused, naming the file and
+    how to reinstall, before anything is trained; a file that is no gzip at all too."""
+    for file, _ in packaged_data.FILES["fashion_mnist"]:
+        (tmp_path / file).write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x02ab"))
+    monkeypatch.setitem(packaged_data.FOLDERS, "fashion_mnist", tmp_path)
+    with pytest.raises(DatasetCorrupt) as info:
+        load_dataset({"name": "fashion_mnist"}, tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "train-images-idx3-ubyte.gz") in message and "sha256" in message
+    assert "apt-get install --reinstall dataset-fashion-mnist" in message
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DatasetCorrupt, match="train-images-idx3-ubyte.gz cannot be read"):
+        load_dataset({"name": "fashion_mnist"}, tmp_path)
 
 
 def test_cifar10_format_files_are_read_by_torchvision(tmp_path, monkeypatch):
@@ -122,3 +160,15 @@ def test_missing_dataset_names_folder_files_and_offline_alternative(tmp_path, mo
     assert str(tmp_path / "MNIST" / "raw") in message
     assert "train-images-idx3-ubyte" in message and "dataset=digits" in message
     assert "network is unreachable" in message
+
+
+@needs_fashion
+def test_a_run_trains_on_fashion_mnist_offline(tmp_path):
+    """`initbench dataset=fashion_mnist` on a machine without network: the package's data, trained on."""
+    done = cli("dataset=fashion_mnist", "model=mlp", "dataset.train_size=2000", "trainer.epochs=2",
+               "trainer.progress=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = runs_in(f"sqlite:///{tmp_path / 'mlflow.db'}", "initbench")
+    assert run.data.params["dataset.name"] == "fashion_mnist" and run.info.status == "FINISHED"
+    assert run.data.metrics["test/acc"] > 0.5  # chance: 0.1
+    assert not (tmp_path / "data" / "FashionMNIST").exists()  # nothing downloaded into data_dir
