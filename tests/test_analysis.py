@@ -6,6 +6,7 @@ hand-made sweep with a killed run, in another experiment of the same store. Fast
 sweeps in a store of their own (seeds that agree exactly; stores that refuse the analysis' logging).
 """
 
+import json
 import math
 import os
 import re
@@ -22,9 +23,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from initbench.analysis import NoRuns, SweepRuns, analyze, load_sweep
+from initbench.analysis import NoRuns, SweepRuns, analyze, linear, load_sweep
 from initbench.analysis.cli import main
 from initbench.analysis.stats import bootstrap_ci, cast, first_epoch_grad_norms, steps_to_reach
+from initbench.data import load_dataset
 from initbench.run import SWEEP_ENV, run
 from initbench.tracking import PARENT_TAG, Tracker
 
@@ -195,6 +197,23 @@ def test_the_analysis_goes_to_the_sweeps_parent_run_and_later_analysis_ignores_i
     assert parent.data.tags["initbench.analysis.group_by"] == "model,dataset,init,optimizer.lr"  # what it grouped by
     again = load_sweep(uri_of(store), "initbench")  # the parent run is not a job
     assert again.sweep == result.sweep.sweep and len(again.runs) == 7
+
+
+@pytest.mark.slow
+def test_the_table_says_what_a_linear_model_gets_on_the_same_split(store, result):
+    """Logistic regression on the runs' own training split and test set, fit once (cached by the data's
+    digests in the data folder): on digits it is the bar that a trained net has to clear."""
+    from sklearn.linear_model import LogisticRegression
+
+    [cfg] = linear.dataset_configs(result.sweep.runs)
+    assert cfg["name"] == "digits" and cfg["val_size"] == 0.1
+    data = load_dataset({k: v for k, v in cfg.items() if k != "data_dir"}, store)
+    fit = LogisticRegression(max_iter=linear.MAX_ITER).fit(data.train_x.flatten(1).numpy(), data.train_y.numpy())
+    expected = fit.score(data.test_x.flatten(1).numpy(), data.test_y.numpy())
+    assert 0.5 < expected < 1  # (chance: 0.1; these runs train on a few hundred images)
+    assert "Linear baseline" in result.markdown and f"**{100 * expected:.2f} %**" in result.markdown
+    [cache] = Path(cfg["data_dir"]).expanduser().glob(linear.CACHE)
+    assert list(json.loads(cache.read_text()).values()) == [pytest.approx(expected)]
 
 
 @pytest.mark.slow

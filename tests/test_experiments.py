@@ -64,6 +64,20 @@ def swept_values(command: str) -> dict[str, list[str]]:
     return found
 
 
+def sweeper_params(name: str) -> dict[str, str]:
+    """The preset's own sweep, hydra.sweeper.params: {key: values as written}, which `-m` runs."""
+    text = OmegaConf.load(PRESET_DIR / f"{name}.yaml")
+    return {k: str(v) for k, v in OmegaConf.select(text, "hydra.sweeper.params", default={}).items()}
+
+
+def swept_by(name: str, command: str) -> dict[str, list[str]]:
+    """What one header command sweeps: with -m, the preset's hydra.sweeper.params, then the command's own
+    overrides (which replace a key of the preset's, as Hydra's sweeper does)."""
+    own = sweeper_params(name) if "-m" in shlex.split(command) else {}
+    merged = " ".join(f"{k}={v}" for k, v in own.items())
+    return {**swept_values(f"{COMMAND}{merged}"), **swept_values(command)}
+
+
 def one_change_at_a_time(values: dict[str, list[str]]) -> list[list[str]]:
     """Override lists covering every value of every key: the first values, then each other value of one
     key with the first values of the rest (not the full product: that is what the sweep runs)."""
@@ -100,7 +114,7 @@ def test_every_value_the_presets_commands_sweep_builds(name):
     not fit the model, a bad depth) fails here, without training anything."""
     cache = {}
     for command in header_commands(name):
-        for overrides in one_change_at_a_time(swept_values(command)):
+        for overrides in one_change_at_a_time(swept_by(name, command)):
             cfg = compose_config([*overrides, "dataset.train_size=128"])
             check_config(cfg)
             key = (OmegaConf.to_yaml(cfg.dataset), cfg.model.get("image_size"))

@@ -12,6 +12,7 @@ parent run in MLflow) and plots (PNG).
 """
 
 import functools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from ..selection import LOSS_THRESHOLD
 from .grid import HEATMAP_MEASURES, PERCENT, NoValidation, heatmap, tune
 from .groups import differing_keys
+from .linear import linear_note
 from .load import HISTORY_KEYS, NoRuns, SweepRuns, load_sweep, parameter_order
 from .plots import plot_curves, plot_grad_norms, plot_heatmap, plot_layer_vitals
 from .stats import VAL, UnknownGroupKey, first_epoch_grad_norms, group_grad_norms, per_run, summarize
@@ -45,6 +47,8 @@ __all__ = ["Analysis", "HEATMAP_MEASURES", "NoRuns", "NoValidation", "OutUnusabl
 
 DEFAULT_GROUP_BY = ("model", "dataset", "init")
 DEFAULT_LOSS_THRESHOLD = LOSS_THRESHOLD
+# Where a run without a paths.data_dir param read its data (conf/paths/default.yaml's default)
+DATA_DIR_ENV, DEFAULT_DATA_DIR = "INITBENCH_DATA_DIR", "~/.cache/initbench"
 VITALS_LABELS = {"act_std": ("activation std", True), "dead_frac": ("fraction of dead units", False)}  # (y, log?)
 
 
@@ -83,7 +87,8 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
             group_by: tuple[str, ...] | list[str] = DEFAULT_GROUP_BY, baseline: str | None = "default",
             out: str | Path | None = None, loss_threshold: float = DEFAULT_LOSS_THRESHOLD,
             log_to_mlflow: bool = True, tune_key: str | None = None,
-            heatmap_keys: tuple[str, str] | list[str] | None = None, measure: str | None = None) -> Analysis:
+            heatmap_keys: tuple[str, str] | list[str] | None = None, measure: str | None = None,
+            linear_baseline: bool = True) -> Analysis:
     """Analyze one sweep (the latest when `sweep` is None; every run with "all").
 
     `tune_key` (a param such as optimizer.lr): per group of the other group keys, the value with the
@@ -114,7 +119,10 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     title = (f"**Sweep `{data.sweep}`** of experiment `{data.experiment}`: {len(runs)} runs in {len(summary)} groups"
              + (f", grouped also by {', '.join(differing)} (runs of one group differed in them)" if differing else ""))
     superseded = [f"{r.run_name} ({r.status})" for r in data.superseded.itertuples()]
-    sections = [markdown_table(summary, keys, baseline, loss_threshold, title, superseded),
+    table = markdown_table(summary, keys, baseline, loss_threshold, title, superseded)
+    if linear_baseline and (note := linear_note(data.runs, Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR)))):
+        table += "\n" + note + "\n"
+    sections = [table,
                 vitals_markdown(summary, keys, kinds, without_vitals(runs, layers))]
     extra, grids = ({"vitals.csv": vitals} if len(vitals) else {}), []
     result = Analysis(data, runs, summary, grad_table, vitals, "", overview_markdown(summary, keys, title))

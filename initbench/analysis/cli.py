@@ -47,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
                    "directory; results/ holds the project's committed findings)")
     p.add_argument("--loss-threshold", type=float, default=DEFAULT_LOSS_THRESHOLD,
                    help="training loss for the steps-to-threshold column (default: %(default)s)")
+    p.add_argument("--no-linear-baseline", action="store_true",
+                   help="leave out the linear baseline (logistic regression on the runs' training split), which "
+                   "loads the runs' dataset; its fit is cached in the data folder")
     p.add_argument("--no-log", action="store_true", help="do not log the analysis to the sweep's parent run in MLflow")
     p.add_argument("--tune", metavar="KEY", default=None,
                    help="a param to tune per group (typically optimizer.lr): per group of the other --group-by "
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         result = analyze(args.tracking_uri, args.experiment, args.sweep, keys,
                          None if args.baseline.lower() == "none" else args.baseline, args.out,
                          args.loss_threshold, log_to_mlflow=not args.no_log, tune_key=tune,
-                         heatmap_keys=axes, measure=args.measure)
+                         heatmap_keys=axes, measure=args.measure, linear_baseline=not args.no_linear_baseline)
     except NoRuns as err:
         print(f"nothing to analyze: {err}", file=sys.stderr)
         return 2
