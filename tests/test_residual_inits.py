@@ -10,6 +10,7 @@ from torch import nn
 
 from initbench.init import InitError, build_policy
 from initbench.models import DataShape, build_model
+from initbench.train import build_optimizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "init"
 DIGITS = DataShape(1, 8, 8, 10)
@@ -56,6 +57,29 @@ def test_fixup_zeroes_the_classifier_and_branch_ends_and_sets_the_scalars(family
     biases = [p for n, p in net.named_parameters() if n.endswith("bias") and n != "head.bias"]
     assert biases and all(b.eq(0).all() for b in biases)  # ScalarBias and Linear biases
     assert all(w.abs().sum() > 0 for w in params(net, "branch.inp.weight"))
+
+
+@pytest.mark.parametrize("family", ["resmlp", "resnet"])
+def test_fixup_trains_every_bias_and_multiplier_at_a_tenth_of_the_lr(family):
+    """As the official code's optimizer groups: every parameter named *bias* or a scale (the gates) at
+    base_lr / 10, every weight at the full rate; the trainer's parameter groups take these factors."""
+    cfg = {"depth": 3, "width": 16} if family == "resmlp" else {"depth": 8, "width": 4, "norm": "none"}
+    net = model(family, **cfg, **SCALARS)
+    scales = policy_file("fixup").optimizer_scales(net, {"_target_": "torch.optim.SGD", "lr": 0.1})
+    slow = {n for n, _ in net.named_parameters() if n.endswith("bias") or n.endswith("gate.weight")}
+    assert set(scales) == slow and "head.bias" in slow
+    assert all(factors == {"lr": pytest.approx(0.1)} for factors in scales.values())
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    groups = build_optimizer(sgd, list(net.named_parameters()), scales).param_groups
+    by_lr = {round(g["lr"], 12): {id(p) for p in g["params"]} for g in groups}
+    assert by_lr[0.01] == {id(p) for n, p in net.named_parameters() if n in slow}
+
+
+def test_an_lr_factor_that_is_no_positive_number_is_refused_naming_the_rule():
+    for bad in (0, -1, "fast", True):
+        policy = {"name": "mine", "rules": [{"where": {"param": "bias"}, "scheme": "zeros", "lr_factor": bad}]}
+        with pytest.raises(InitError, match=r"rule 0 .*lr_factor must be a positive number"):
+            build_policy(OmegaConf.create(policy))
 
 
 @pytest.mark.parametrize("depth", [2, 32])

@@ -157,23 +157,27 @@ class InitPolicy:
         return self._report(model, plans, trace)
 
     def optimizer_scales(self, model: nn.Module, optimizer: Mapping) -> dict[str, dict[str, float]]:
-        """{parameter name: {optimizer option: factor}} for the parameters whose scheme scales the optimizer
-        (Scheme.optimizer_factors; muP's per-layer learning rates), given the optimizer's config (`_target_` and its
-        options); the trainer multiplies those options for those parameters. Empty for other policies.
-        InitError if the rules do not fit `model`, or a scheme has no rule for this optimizer."""
+        """{parameter name: {optimizer option: factor}} for the parameters whose rule scales the optimizer:
+        its scheme's (Scheme.optimizer_factors; muP's per-layer learning rates, given the optimizer's config,
+        `_target_` and its options) times the rule's own `lr_factor` (Fixup's lr/10 for its scalars). The
+        trainer multiplies those options for those parameters. Empty for other policies. InitError if the
+        rules do not fit `model`, or a scheme has no rule for this optimizer."""
         scales = {}
         for plan in self._plan(model):
-            scaled = [u for u in plan.units if u.fills and u.rule.scheme.optimizer_factors is not None]
+            scaled = [u for u in plan.units if u.fills and (u.rule.scheme.optimizer_factors is not None
+                                                              or u.rule.lr_factor != 1)]
             if not scaled:
                 continue
             unit = scaled[0]
             if len(plan.units) > 1:
-                raise InitError(f"init policy {self.name!r}: {plan.ref.name} <- {unit.rule}: a scheme that scales the "
+                raise InitError(f"init policy {self.name!r}: {plan.ref.name} <- {unit.rule}: a rule that scales the "
                                 "optimizer must fill the whole parameter, not one gate of it")
             try:
-                factors = unit.rule.scheme.optimizer_factors(plan.ref.tensor.shape, dict(unit.args), optimizer)
+                factors = (unit.rule.scheme.optimizer_factors(plan.ref.tensor.shape, dict(unit.args), optimizer)
+                           if unit.rule.scheme.optimizer_factors else {})
             except ValueError as err:
                 raise InitError(f"init policy {self.name!r}: {plan.ref.name} <- {unit.rule}: {err}") from None
+            factors = {**factors, "lr": factors.get("lr", 1.0) * unit.rule.lr_factor}
             factors = {option: factor for option, factor in factors.items() if factor != 1}
             if factors:
                 scales[plan.ref.name] = factors

@@ -1,5 +1,6 @@
 """Parsing a policy file's rules: where-clause, scheme (or _target_), args, optional."""
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ from .matching import GATES, Where, parse_where
 from .registry import SCHEMES
 from .schemes import Scheme, make_scheme
 
-RULE_KEYS = ("where", "scheme", "_target_", "args", "optional")
+RULE_KEYS = ("where", "scheme", "_target_", "args", "optional", "lr_factor")
 DEFAULT = "default"  # the scheme name that keeps PyTorch's own init
 
 
@@ -27,6 +28,7 @@ class Rule:
     scheme: Scheme | None = None
     args: Mapping = field(default_factory=dict)
     optional: bool = False
+    lr_factor: float = 1.0  # the trainer multiplies the learning rate of the parameters this rule fills by it
 
     def __str__(self) -> str:
         return f"rule {self.index} (where: {self.where}, scheme: {self.label})"
@@ -67,10 +69,13 @@ def parse_rule(policy: str, index: int, raw: object, params: Mapping | None = No
     if not isinstance(args, Mapping):
         raise fail(f"args must be a mapping, got {args!r}", "args: {name: value, ...}")
     optional = raw.get("optional", False)
+    lr_factor = raw.get("lr_factor", 1.0)
+    if isinstance(lr_factor, bool) or not isinstance(lr_factor, int | float) or not 0 < lr_factor < math.inf:
+        raise fail(f"lr_factor must be a positive number, got {lr_factor!r}", "lr_factor: 0.1")
     if scheme_name == DEFAULT:
         if args:
             raise fail("scheme default (keep PyTorch's init) takes no args", "drop args")
-        return Rule(index, where, DEFAULT, None, {}, optional)
+        return Rule(index, where, DEFAULT, None, {}, optional, float(lr_factor))
     if target is not None:
         scheme = _import_target(target, fail)
     elif scheme_name in SCHEMES:
@@ -83,7 +88,7 @@ def parse_rule(policy: str, index: int, raw: object, params: Mapping | None = No
         resolved = scheme.resolve({**taken, **args})
     except ValueError as err:
         raise fail(str(err), "correct the rule's args") from None
-    return Rule(index, where, scheme.name, scheme, resolved, optional)
+    return Rule(index, where, scheme.name, scheme, resolved, optional, float(lr_factor))
 
 
 def import_object(path: str) -> object:
