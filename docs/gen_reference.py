@@ -155,12 +155,15 @@ def schemes_reference() -> str:
            "Generated from the registry (`initbench.init.registry.SCHEMES`) at every build of this site: the "
            "names a rule's `scheme:` takes, their args with defaults (*required* where there is none), and "
            "the function behind each. torch.nn.init's own functions are registered as they are.", "",
-           "| scheme | args (defaults) | function | what it does |", "|---|---|---|---|"]
+           "theory std: the standard deviation the init report's expected_std gives for a tensor it fills "
+           "(— where there is none).", "",
+           "| scheme | args (defaults) | theory std | function | what it does |", "|---|---|---|---|---|"]
     for name, scheme in SCHEMES.items():
         args = ", ".join(f"`{a}`" if d is REQUIRED else f"`{a}={d!r}`" for a, d in scheme.defaults.items())
         args = cell(args) or "–"
         where = f"`{scheme.fn.__module__}.{scheme.fn.__qualname__}`"
-        out.append(f"| `{name}` | {args} | {where} | {cell(first_sentence(scheme.fn))} |")
+        out.append(f"| `{name}` | {args} | {cell(scheme.std_rule) or '—'} | {where} | "
+                   f"{cell(first_sentence(scheme.fn))} |")
     return "\n".join(out) + "\n"
 
 

@@ -178,3 +178,10 @@ def test_register_refuses_silent_overwrite_and_extends_policies():
             build_policy({"name": "t", "rules": [{"scheme": "test_scaled_normal", "args": {"scael": 2.0}}]})
     finally:
         del SCHEMES["test_scaled_normal"]
+
+
+def test_every_scheme_with_a_theory_std_states_it_in_words():
+    """Scheme.std_rule is the docs' generated scheme reference's "theory std" column: one per std."""
+    missing = [name for name, scheme in SCHEMES.items() if scheme.std is not None and not scheme.std_rule]
+    stray = [name for name, scheme in SCHEMES.items() if scheme.std is None and scheme.std_rule]
+    assert not missing and not stray, (missing, stray)

@@ -100,9 +100,9 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
     Every table groups by `group_by` (with `tune_key` and `heatmap_keys`) and by every other param in
     which runs of one group differ (groups.differing_keys), the seed aside: it never averages two configs.
 
-    Writes the tables and plots to `out` (default analysis/<experiment>/<sweep id>, never results/) and, with `log_to_mlflow`, the
-    same files to the sweep's parent run; if the store refuses it (read-only, unreachable), the
-    result says why in `log_error`. Raises NoRuns when there is nothing to analyze, UnknownGroupKey (a
+    Writes the tables and plots to `out` (default analysis/<experiment>/<sweep id>, never results/) and,
+    with `log_to_mlflow`, the same files to the sweep's parent run; if the store refuses it (read-only,
+    unreachable), the result says why in `log_error`. Raises NoRuns when there is nothing to analyze, UnknownGroupKey (a
     ValueError) for a key the runs do not have, NoValidation (a ValueError) for a selection on
     validation accuracy of runs without a validation split, OutUnusable for an `out` that is a file or
     cannot be written; nothing is written then. Files an earlier analysis left in `out` that this one

@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
                    "param such as optimizer.lr or model.depth (default: %(default)s)")
     p.add_argument("--baseline", default="default",
                    help="init that the others are tested against; 'none' for no test (default: %(default)s)")
-    p.add_argument("--out", default=None, help="folder for the tables and plots (default: analysis/<experiment>/<sweep> in the working "
+    p.add_argument("--out", default=None, help="folder for the tables and plots (default: "
+                   "analysis/<experiment>/<sweep> in the working "
                    "directory; results/ holds the project's committed findings)")
     p.add_argument("--loss-threshold", type=float, default=DEFAULT_LOSS_THRESHOLD,
                    help="training loss for the steps-to-threshold column (default: %(default)s)")

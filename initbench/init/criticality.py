@@ -273,7 +273,9 @@ def _kumar_check(shape, a):
 
 
 DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
-    declare("critical", std=_critical_std, check=_critical_check)(critical_),
-    declare("kumar", std=lambda s, a: math.sqrt(kumar_variance(a["activation"]) / fans(s)[0]), fan_based=True,
+    declare("critical", std_rule="σ_w/√fan_in (a weight); σ_b (a bias)",
+            std=_critical_std, check=_critical_check)(critical_),
+    declare("kumar", std_rule="√(v/fan_in), v = 1/(g'(0)² (1 + g(0)²))",
+            std=lambda s, a: math.sqrt(kumar_variance(a["activation"]) / fans(s)[0]), fan_based=True,
             check=_kumar_check)(kumar_normal_),
 )

@@ -155,14 +155,18 @@ def _forget_check(shape, a):
 
 DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
     # torch's sparse_ draws its zero positions from the global RNG: ours takes them from the generator.
-    declare("sparse", std=lambda s, a: a["std"] * math.sqrt(1 - math.ceil(a["sparsity"] * s[0]) / s[0]),
+    declare("sparse", std_rule="std·√(1 − zeros per column / rows)",
+            std=lambda s, a: a["std"] * math.sqrt(1 - math.ceil(a["sparsity"] * s[0]) / s[0]),
             check=_sparse_check)(sparse_),
-    declare("lecun_normal", std=_lecun_std, fan_based=True)(lecun_normal_),
-    declare("lecun_uniform", std=_lecun_std, fan_based=True)(lecun_uniform_),
-    declare("identity", std=lambda s, a: bernoulli_std(1 / s[1], a["gain"]), mean=lambda s, a: a["gain"] / s[1],
+    declare("lecun_normal", std_rule="gain/√fan_in", std=_lecun_std, fan_based=True)(lecun_normal_),
+    declare("lecun_uniform", std_rule="gain/√fan_in", std=_lecun_std, fan_based=True)(lecun_uniform_),
+    declare("identity", std_rule="of the gain/0 pattern",
+            std=lambda s, a: bernoulli_std(1 / s[1], a["gain"]), mean=lambda s, a: a["gain"] / s[1],
             check=_identity_check)(identity_),
-    declare("lstm_forget_bias", std=lambda s, a: bernoulli_std(0.25, a["value"] / 2),
+    declare("lstm_forget_bias", std_rule="of the 0/(value/2) pattern",
+            std=lambda s, a: bernoulli_std(0.25, a["value"] / 2),
             mean=lambda s, a: a["value"] / 8, check=_forget_check)(lstm_forget_bias_),
-    declare("d2l_bimodal", std=lambda s, a: math.sqrt((a["high"] ** 3 - a["low"] ** 3) / (3 * a["high"])),
+    declare("d2l_bimodal", std_rule="√((high³ − low³)/(3·high))",
+            std=lambda s, a: math.sqrt((a["high"] ** 3 - a["low"] ** 3) / (3 * a["high"])),
             check=ordered("low", "high"))(d2l_bimodal_),
 )

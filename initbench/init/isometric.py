@@ -126,8 +126,10 @@ def _zero_moments(shape) -> tuple[float, float]:
 
 # The centre tap's c_in orthonormal columns hold gain^2 c_in in squares, over c_out c_in K entries of the kernel.
 DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
-    declare("delta_orthogonal", std=lambda s, a: a["gain"] / math.sqrt(s[0] * _taps(s)),
+    declare("delta_orthogonal", std_rule="gain/√(c_out·k₁·k₂·...)",
+            std=lambda s, a: a["gain"] / math.sqrt(s[0] * _taps(s)),
             check=_delta_check)(delta_orthogonal_),
-    declare("zero_init", std=lambda s, a: _zero_moments(s)[1], mean=lambda s, a: _zero_moments(s)[0],
+    declare("zero_init", std_rule="of the 0/1/Hadamard pattern",
+            std=lambda s, a: _zero_moments(s)[1], mean=lambda s, a: _zero_moments(s)[0],
             check=_zero_check)(zero_init_),
 )

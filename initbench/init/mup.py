@@ -150,9 +150,12 @@ def _uniform_std(bound):
 
 
 DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
-    declare("mup_input", std=_uniform_std(input_bound), check=_check, optimizer_factors=_vector_factors)(mup_input_),
-    declare("mup_hidden", std=_uniform_std(hidden_bound), check=_check, optimizer_factors=_hidden_factors)(mup_hidden_),
-    declare("mup_output", std=_uniform_std(output_bound), check=_check, optimizer_factors=_output_factors)(mup_output_),
-    declare("mup_vector", std=lambda s, a: 0.0, mean=lambda s, a: a["val"], check=_vector_check,
+    declare("mup_input", std_rule="scale/√(3·fan_in)",
+            std=_uniform_std(input_bound), check=_check, optimizer_factors=_vector_factors)(mup_input_),
+    declare("mup_hidden", std_rule="scale/√(3·n) (a weight); scale/√(3·n0) (a bias)",
+            std=_uniform_std(hidden_bound), check=_check, optimizer_factors=_hidden_factors)(mup_hidden_),
+    declare("mup_output", std_rule="scale·√n0/(√3·n) (a weight); scale/√(3·n0) (a bias)",
+            std=_uniform_std(output_bound), check=_check, optimizer_factors=_output_factors)(mup_output_),
+    declare("mup_vector", std_rule="0", std=lambda s, a: 0.0, mean=lambda s, a: a["val"], check=_vector_check,
             optimizer_factors=_vector_factors)(mup_vector_),
 )

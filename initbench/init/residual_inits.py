@@ -189,10 +189,13 @@ def _out_moments(shape, a):
 
 
 DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
-    declare("fixup_normal", std=lambda s, a: fixup_std(s, a["num_branches"], a["branch_layers"], a["mode"]),
+    declare("fixup_normal", std_rule="√(2/fan_mode)·L^(−1/(2m−2))",
+            std=lambda s, a: fixup_std(s, a["num_branches"], a["branch_layers"], a["mode"]),
             fan_based=True, check=_fixup_check)(fixup_normal_),
-    declare("branch_scaled_normal", std=lambda s, a: a["std"] / math.sqrt(a["num_branches"]))(branch_scaled_normal_),
+    declare("branch_scaled_normal", std_rule="std/√L",
+            std=lambda s, a: a["std"] / math.sqrt(a["num_branches"]))(branch_scaled_normal_),
     declare("mimetic_qkv", check=_qkv_check)(mimetic_qkv_),  # the SVD factors' spread has no closed form: NaN
-    declare("mimetic_out", std=lambda s, a: _out_moments(s, a)[1], mean=lambda s, a: _out_moments(s, a)[0],
+    declare("mimetic_out", std_rule="of (α₂Z − β₂I)/c",
+            std=lambda s, a: _out_moments(s, a)[1], mean=lambda s, a: _out_moments(s, a)[0],
             check=_out_check)(mimetic_out_),
 )

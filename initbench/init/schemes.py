@@ -49,6 +49,7 @@ class Scheme:
     defaults: Mapping[str, Any]  # every valid arg -> its default (REQUIRED if it has none)
     std: Moment | None = None
     mean: Moment | None = None
+    std_rule: str = ""  # `std` in words, for the docs' generated scheme reference ("gain/√fan_mode")
     fan_based: bool = False  # needs fans, so a tensor of at least 2 dimensions
     check: Callable[[torch.Size, dict], str | None] | None = None  # why a shape cannot be filled
     takes_generator: bool = True
@@ -158,16 +159,17 @@ def declare(
     *,
     std: Moment | None = None,
     mean: Moment | None = None,
+    std_rule: str = "",
     fan_based: bool = False,
     check: Callable[[torch.Size, dict], str | None] | None = None,
     optimizer_factors: OptimizerFactors | None = None,
 ) -> Callable[[Callable[..., Tensor]], Scheme]:
     """`declare(name, ...)(fn)`: the Scheme of `fn(tensor, <args>, generator=None)` named `name`, for its
     module's DECLARED tuple, which initbench.init.registry collects. Its keyword args are the valid args;
-    `std(shape, args)` / `mean(shape, args)` give the theory (NaN if left out);
+    `std(shape, args)` / `mean(shape, args)` give the theory (NaN if left out), `std_rule` the std in words;
     `optimizer_factors(shape, args, optimizer)` what it asks of the optimizer for the parameter it fills."""
-    return lambda fn: make_scheme(name, fn, std=std, mean=mean, fan_based=fan_based, check=check,
-                                  optimizer_factors=optimizer_factors)
+    return lambda fn: make_scheme(name, fn, std=std, mean=mean, std_rule=std_rule, fan_based=fan_based,
+                                  check=check, optimizer_factors=optimizer_factors)
 
 
 # --- theory: std and mean for a tensor of `shape` ------------------------------------------------
@@ -254,25 +256,30 @@ def _const(value):
 
 
 DECLARED = (  # the schemes of this module; the registry (initbench.init.registry) collects them
-    declare("uniform", std=lambda s, a: (a["b"] - a["a"]) / math.sqrt(12),
+    declare("uniform", std_rule="(b − a)/√12", std=lambda s, a: (a["b"] - a["a"]) / math.sqrt(12),
             mean=lambda s, a: (a["a"] + a["b"]) / 2, check=ordered("a", "b"))(init.uniform_),
-    declare("normal", std=lambda s, a: a["std"], mean=lambda s, a: a["mean"],
+    declare("normal", std_rule="std", std=lambda s, a: a["std"], mean=lambda s, a: a["mean"],
             check=_nonnegative("std"))(init.normal_),
-    declare("trunc_normal", std=lambda s, a: _trunc_moments(a)[1], mean=lambda s, a: _trunc_moments(a)[0],
+    declare("trunc_normal", std_rule="the truncated normal's std",
+            std=lambda s, a: _trunc_moments(a)[1], mean=lambda s, a: _trunc_moments(a)[0],
             check=ordered("a", "b"))(init.trunc_normal_),
-    declare("constant", std=_zero, mean=lambda s, a: a["val"])(init.constant_),
-    declare("ones", std=_zero, mean=_const(1.0))(init.ones_),
-    declare("zeros", std=_zero, mean=_zero)(init.zeros_),
-    declare("eye", std=lambda s, a: bernoulli_std(_eye_p(s)), mean=lambda s, a: _eye_p(s),
+    declare("constant", std_rule="0", std=_zero, mean=lambda s, a: a["val"])(init.constant_),
+    declare("ones", std_rule="0", std=_zero, mean=_const(1.0))(init.ones_),
+    declare("zeros", std_rule="0", std=_zero, mean=_zero)(init.zeros_),
+    declare("eye", std_rule="of the 0/1 pattern",
+            std=lambda s, a: bernoulli_std(_eye_p(s)), mean=lambda s, a: _eye_p(s),
             check=_need((2,), "eye fills 2-D tensors only"))(init.eye_),
-    declare("dirac", std=lambda s, a: bernoulli_std(_dirac_p(s, a)), mean=lambda s, a: _dirac_p(s, a),
+    declare("dirac", std_rule="of the 0/1 pattern",
+            std=lambda s, a: bernoulli_std(_dirac_p(s, a)), mean=lambda s, a: _dirac_p(s, a),
             check=_dirac_check)(init.dirac_),
-    declare("xavier_uniform", std=_xavier_std, fan_based=True)(init.xavier_uniform_),
-    declare("xavier_normal", std=_xavier_std, fan_based=True)(init.xavier_normal_),
-    declare("kaiming_uniform", std=_kaiming_std, fan_based=True)(init.kaiming_uniform_),
-    declare("kaiming_normal", std=_kaiming_std, fan_based=True)(init.kaiming_normal_),
+    declare("xavier_uniform", std_rule="gain·√(2/(fan_in + fan_out))",
+            std=_xavier_std, fan_based=True)(init.xavier_uniform_),
+    declare("xavier_normal", std_rule="gain·√(2/(fan_in + fan_out))",
+            std=_xavier_std, fan_based=True)(init.xavier_normal_),
+    declare("kaiming_uniform", std_rule="gain/√fan_mode", std=_kaiming_std, fan_based=True)(init.kaiming_uniform_),
+    declare("kaiming_normal", std_rule="gain/√fan_mode", std=_kaiming_std, fan_based=True)(init.kaiming_normal_),
     # A semi-orthogonal (rows x cols) matrix has min(rows, cols) unit rows or columns: E[w^2] = 1/max(rows, cols).
-    declare("orthogonal", std=lambda s, a: a["gain"] / math.sqrt(max(_flat(s))),
+    declare("orthogonal", std_rule="gain/√max(rows, cols)", std=lambda s, a: a["gain"] / math.sqrt(max(_flat(s))),
             check=_orthogonal_check)(init.orthogonal_),
 
 )
