@@ -216,6 +216,16 @@ def test_the_table_says_what_a_linear_model_gets_on_the_same_split(store, result
     assert list(json.loads(cache.read_text()).values()) == [pytest.approx(expected)]
 
 
+def test_runs_that_did_not_log_their_data_folder_read_the_default_one():
+    """Runs from before paths.data_dir was logged (pandas gives them NaN) mixed with runs that did: one
+    config each, the old ones with no folder of their own (the analysis then reads the default one)."""
+    runs = pd.DataFrame({"params.dataset.name": ["digits", "digits", "digits"],
+                         "params.dataset.val_size": ["0.1", "0.1", "0.1"],
+                         "params.paths.data_dir": [float("nan"), "~/data", float("nan")]})
+    assert linear.dataset_configs(runs) == [{"name": "digits", "val_size": 0.1, "data_dir": None},
+                                            {"name": "digits", "val_size": 0.1, "data_dir": "~/data"}]
+
+
 @pytest.mark.slow
 def test_cli_prints_the_table(store, capsys):
     assert main(["--tracking-uri", uri_of(store), "--out", str(store / "cli"), "--no-log",

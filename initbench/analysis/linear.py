@@ -29,7 +29,8 @@ def dataset_configs(runs: pd.DataFrame) -> list[dict]:
     configs = []
     for _, row in runs[columns + [c for c in ["params.paths.data_dir"] if c in runs]].drop_duplicates().iterrows():
         cfg = {c[len("params.dataset."):]: yaml.safe_load(row[c]) for c in columns if isinstance(row[c], str)}
-        cfg["data_dir"] = row.get("params.paths.data_dir")
+        data_dir = row.get("params.paths.data_dir")
+        cfg["data_dir"] = data_dir if isinstance(data_dir, str) else None  # a run that did not log it: NaN
         if cfg.get("name") and cfg not in configs:
             configs.append(cfg)
     return configs
