@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from omegaconf import OmegaConf, open_dict
@@ -139,3 +140,36 @@ def test_preset_trains_one_epoch_and_logs_its_run(name, shared_store):
     result = offline(run, cfg)
     assert result is not None and result.steps == math.ceil(cfg.dataset.train_size / cfg.trainer.batch_size)
     assert result.status in ("finished", "diverged")  # some presets show a policy that blows up
+
+
+# Presets written after the results they stand for: (preset command's overrides, the overrides of the
+# command that made the results folder, as results/README.md gives it), one job of each sweep.
+MADE_BEFORE_THEIR_PRESET = {
+    "mnist1d_cnn": (["experiment=mnist1d_baselines"],
+                    ["model=cnn1d", "dataset=mnist1d", "dataset.val_size=0", "optimizer=adam", "optimizer.lr=0.01",
+                     "trainer.batch_size=100", "trainer.epochs=150"]),
+    "mnist1d_mlp": (["experiment=mnist1d_baselines", "model=mlp", "model.depth=2", "model.width=100"],
+                    ["model=mlp", "model.depth=2", "model.width=100", "dataset=mnist1d", "dataset.val_size=0",
+                     "optimizer=adam", "optimizer.lr=0.01", "trainer.batch_size=100", "trainer.epochs=150"]),
+    "mup_sgd": (["experiment=mup_width_lr", "init=default", "model.width=256", "optimizer.lr=0.125"],
+                ["model=mlp", "model.width=256", "dataset=mnist1d", "optimizer.lr=0.125", "init=default",
+                 "trainer.epochs=10"]),
+    "mup_adam": (["experiment=mup_width_lr", "optimizer=adam", "model.width=1024", "optimizer.lr=0.015625"],
+                 ["model=mlp", "model.width=1024", "dataset=mnist1d", "optimizer=adam", "optimizer.lr=0.015625",
+                  "init=mup", "trainer.epochs=10"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MADE_BEFORE_THEIR_PRESET))
+def test_a_preset_runs_the_jobs_that_made_its_results(case):
+    """The same config, key for key, but for where it is logged: so the preset's command regenerates the
+    folder that was made before the preset existed."""
+    preset, made_with = MADE_BEFORE_THEIR_PRESET[case]
+
+    def job(overrides):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+        cfg.pop("tracking")
+        return cfg
+
+    assert job(preset) == job(made_with)
