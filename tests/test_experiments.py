@@ -151,6 +151,10 @@ MADE_BEFORE_THEIR_PRESET = {
     "mnist1d_mlp": (["experiment=mnist1d_baselines", "model=mlp", "model.depth=2", "model.width=100"],
                     ["model=mlp", "model.depth=2", "model.width=100", "dataset=mnist1d", "dataset.val_size=0",
                      "optimizer=adam", "optimizer.lr=0.01", "trainer.batch_size=100", "trainer.epochs=150"]),
+    "mlp10_digits": (["experiment=mlp10_digits", "init=lecun"],  # made when digits had no validation split
+                     ["model=mlp", "model.depth=10", "init=lecun", "trainer.epochs=10", "dataset.val_size=0"]),
+    "mlp10_digits_tuned": (["experiment=mlp10_digits", "init=zeros", "dataset.val_size=0.1", "optimizer.lr=0.05"],
+                           ["model=mlp", "model.depth=10", "init=zeros", "optimizer.lr=0.05", "trainer.epochs=10"]),
     "mup_sgd": (["experiment=mup_width_lr", "init=default", "model.width=256", "optimizer.lr=0.125"],
                 ["model=mlp", "model.width=256", "dataset=mnist1d", "optimizer.lr=0.125", "init=default",
                  "trainer.epochs=10"]),
