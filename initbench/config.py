@@ -104,10 +104,14 @@ class MLPConf:
 
 
 @dataclass
-class LSTMConf:
+class RecurrentConf:
+    """lstm and gru (initbench/models/recurrent.py)."""
+
     name: str = MISSING
     hidden_size: int = MISSING
     num_layers: int = MISSING
+    bidirectional: bool = MISSING
+    readout: str = MISSING
 
 
 @dataclass
@@ -189,7 +193,8 @@ SCHEMAS = {
     "schema/dataset/mnist1d": MNIST1DConf,
     "schema/model/lenet": LeNetConf,
     "schema/model/mlp": MLPConf,
-    "schema/model/lstm": LSTMConf,
+    "schema/model/lstm": RecurrentConf,
+    "schema/model/gru": RecurrentConf,
     "schema/model/cnn1d": CNN1dConf,
     "schema/model/resmlp": ResMLPConf,
     "schema/model/resnet": ResNetConf,
@@ -373,7 +378,7 @@ def _resize_problems(cfg: DictConfig) -> list[str]:
     if size is None or name not in SEQUENCES:
         return []
     return [f"model.image_size={_show(size)}: resizes images, but dataset={name} holds 1-D sequences, which "
-            f"would be stretched into {size}x{size} images; use a model for sequences (cnn1d, mlp, lstm, "
+            f"would be stretched into {size}x{size} images; use a model for sequences (cnn1d, mlp, lstm, gru, "
             "resmlp, transformer) or model.image_size=null"]
 
 

@@ -145,7 +145,7 @@ def _mnist1d(cfg, root: Path) -> tuple[np.ndarray, ...]:
     root/mnist1d named by the generation args (and the package version) when one is there.
 
     A sequence of L steps of 1 feature is an image (1, L, 1): C=1 channel, H=L rows of W=1 pixel, so `mlp`
-    flattens it to L features, `lstm` reads L rows of C*W=1 feature and `cnn1d` convolves C*W=1 channel
+    flattens it to L features, `lstm` and `gru` read L rows of C*W=1 feature and `cnn1d` convolves C*W=1 channel
     along H=L steps."""
     args = _mnist1d_args(cfg)
     key = json.dumps({"args": args, "mnist1d": version("mnist1d")}, sort_keys=True)

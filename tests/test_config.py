@@ -24,7 +24,7 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_ship_the_documented_options():
-    assert options("model") == ["cnn1d", "lenet", "lstm", "mlp", "resmlp", "resnet", "transformer"]
+    assert options("model") == ["cnn1d", "gru", "lenet", "lstm", "mlp", "resmlp", "resnet", "transformer"]
     assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d"]
     assert options("optimizer") == ["adam", "sgd"]
 
@@ -160,7 +160,7 @@ BAD = [
     (["model=mlp", "model.activation=swish"], "model.activation='swish'", "relu, leaky_relu, tanh"),
     (["model=lstm", "model.hidden_size=0"], "model.hidden_size=0", "an integer >= 1"),
     (["model=lenet", "dataset=mnist1d"], "model.image_size=32: resizes images, but dataset=mnist1d holds 1-D",
-     "use a model for sequences (cnn1d, mlp, lstm, resmlp, transformer) or model.image_size=null"),
+     "use a model for sequences (cnn1d, mlp, lstm, gru, resmlp, transformer) or model.image_size=null"),
     (["model=lstm", "model.num_layers=0"], "model.num_layers=0", "an integer >= 1"),
     (["model.image_size=0"], "model.image_size=0", "an integer >= 1 or null"),
     (["+model.width=3"], "model.width=3: unknown key", "valid: name, image_size"),

@@ -1,5 +1,5 @@
 """MNIST-1D (dataset=mnist1d): the mnist1d package's sequences as (N, 1, L, 1) images, normalized, cached,
-generated without touching the caller's RNGs; and cnn1d, the paper's ConvBase."""
+generated without touching the caller's RNGs; cnn1d, the paper's ConvBase, and gru, its GRUBase."""
 
 import logging
 import random
@@ -110,6 +110,41 @@ def test_cnn1d_is_the_papers_convbase():
     assert torch.allclose(model(x), paper(x[:, 0, :, 0]), atol=1e-6)
 
 
+class GRUBase(nn.Module):
+    """The paper's GRU, as github.com/greydanus/mnist1d notebooks/models.py writes it (print and h0 left out:
+    its h0 is zeros, nn.GRU's default)."""
+
+    def __init__(self, output_size, hidden_size=6, time_steps=40):
+        super().__init__()
+        self.gru = nn.GRU(input_size=1, hidden_size=hidden_size, batch_first=True, bidirectional=True)
+        self.linear = nn.Linear(2 * hidden_size * time_steps, output_size)
+
+    def forward(self, x):
+        output, _ = self.gru(x.view(*x.shape[:2], 1))
+        return self.linear(output.reshape(output.shape[0], -1))
+
+
+def test_gru_is_the_papers_grubase():
+    model = build_model({"name": "gru", "hidden_size": 6, "num_layers": 1, "bidirectional": True, "readout": "all"},
+                        DataShape(1, 40, 1, 10))
+    paper = GRUBase(10)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in paper.parameters()) == 5134
+    model.load_state_dict(dict(zip(model.state_dict(), paper.state_dict().values(), strict=True)))
+    x = torch.randn(8, 1, 40, 1)
+    assert torch.allclose(model(x), paper(x[:, 0, :, 0]), atol=1e-6)
+
+
+def test_the_lstm_reads_the_last_step_and_the_gru_config_is_the_papers():
+    lstm = build_model({"name": "lstm", "hidden_size": 5}, DataShape(1, 40, 1, 10))
+    x = torch.randn(3, 1, 40, 1)
+    out, _ = lstm.rnn(x[:, 0])
+    assert isinstance(lstm.rnn, nn.LSTM) and torch.equal(lstm(x), lstm.head(out[:, -1]))
+    cfg = compose_config(["dataset=mnist1d", "model=gru"])
+    check_config(cfg)
+    assert dict(cfg.model) == {"name": "gru", "hidden_size": 6, "num_layers": 1, "bidirectional": True,
+                               "readout": "all"}
+
+
 def test_cnn1d_reads_an_image_as_rows_of_channel_times_width_features():
     model = CNN1d(3 * 4, 6, num_classes=2, channels=5, kernel_sizes=(3,), stride=1, padding=0)
     x = torch.randn(2, 3, 6, 4)
@@ -123,7 +158,7 @@ def test_a_sequence_too_short_for_the_convs_is_refused_naming_the_sizes():
         build_model({"name": "cnn1d"}, DataShape(1, 2, 1, 10))
 
 
-@pytest.mark.parametrize("model", ["mlp", "lstm", "cnn1d"])
+@pytest.mark.parametrize("model", ["mlp", "lstm", "gru", "cnn1d"])
 def test_dataset_mnist1d_composes_and_each_sequence_model_takes_it(model, data_dir):
     cfg = compose_config(["dataset=mnist1d", f"model={model}", f"paths.data_dir={data_dir}"])
     check_config(cfg)
@@ -137,11 +172,14 @@ def test_dataset_mnist1d_composes_and_each_sequence_model_takes_it(model, data_d
     ("model.stride=0", "model.stride=0", "an integer >= 1"),
     ("model.padding=-1", "model.padding=-1", "an integer >= 0"),
     ("dataset.num_samples=5", "dataset.num_samples=5", "an integer >= 10"),
+    ("model.readout=first", "model.readout='first'", "one of last, all"),
+    ("model.hidden_size=0", "model.hidden_size=0", "an integer >= 1"),
     ("dataset.generator_seed=-1", "dataset.generator_seed=-1", "an integer in [0, 4294967295]"),
 ])
 def test_a_bad_value_is_refused_naming_it_and_what_is_valid(override, bad, valid):
+    model = "gru" if override.startswith(("model.readout", "model.hidden_size")) else "cnn1d"
     with pytest.raises(ConfigError) as err:
-        check_config(compose_config(["dataset=mnist1d", "model=cnn1d", override]))
+        check_config(compose_config(["dataset=mnist1d", f"model={model}", override]))
     assert bad in str(err.value) and valid in str(err.value)
 
 

@@ -105,7 +105,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize("override,valid", [
-    ("model=vgg", ["cnn1d", "lenet", "lstm", "mlp", "resmlp", "resnet", "transformer"]),
+    ("model=vgg", ["cnn1d", "gru", "lenet", "lstm", "mlp", "resmlp", "resnet", "transformer"]),
     ("dataset=imagenet", ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d"]),
 ])
 def test_unknown_group_option_lists_valid_ones(tmp_path, override, valid):

@@ -9,8 +9,8 @@ from torch import nn
 
 from .cnn1d import CNN1d
 from .lenet import LeNet
-from .lstm import RowLSTM
 from .mlp import ACTIVATIONS, MLP
+from .recurrent import READOUTS, RowRNN
 from .residual import BRANCH_GATES
 from .resmlp import NORMS as RESMLP_NORMS
 from .resmlp import ResMLP
@@ -48,7 +48,11 @@ def _mlp(cfg: dict, shape: DataShape) -> nn.Module:
 
 
 def _lstm(cfg: dict, shape: DataShape) -> nn.Module:
-    return RowLSTM(shape.channels * shape.width, shape.num_classes, **_options(cfg))
+    return RowRNN(nn.LSTM, shape.channels * shape.width, shape.height, shape.num_classes, **_options(cfg))
+
+
+def _gru(cfg: dict, shape: DataShape) -> nn.Module:
+    return RowRNN(nn.GRU, shape.channels * shape.width, shape.height, shape.num_classes, **_options(cfg))
 
 
 def _cnn1d(cfg: dict, shape: DataShape) -> nn.Module:
@@ -70,11 +74,13 @@ def _transformer(cfg: dict, shape: DataShape) -> nn.Module:
     return Transformer((shape.channels, shape.height, shape.width), shape.num_classes, **_options(cfg))
 
 
-FAMILIES = {"lenet": _lenet, "mlp": _mlp, "lstm": _lstm, "cnn1d": _cnn1d, "resmlp": _resmlp, "resnet": _resnet,
-            "transformer": _transformer}
+FAMILIES = {"lenet": _lenet, "mlp": _mlp, "lstm": _lstm, "gru": _gru, "cnn1d": _cnn1d, "resmlp": _resmlp,
+            "resnet": _resnet, "transformer": _transformer}
 # A family's options that take one of a fixed set of values: check_config reports a bad one before building.
 CHOICES = {
     "mlp": {"activation": tuple(ACTIVATIONS)},
+    "lstm": {"readout": READOUTS},
+    "gru": {"readout": READOUTS},
     "resmlp": {"activation": tuple(ACTIVATIONS), "norm": RESMLP_NORMS, "branch_gate": BRANCH_GATES},
     "resnet": {"norm": RESNET_NORMS, "branch_gate": BRANCH_GATES},
     "transformer": {"tokens": TOKENS, "norm_position": NORM_POSITIONS, "pool": POOLS, "branch_gate": BRANCH_GATES},
