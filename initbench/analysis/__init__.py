@@ -141,12 +141,19 @@ def analyze(uri: str, experiment: str = "initbench", sweep: str | None = None,
         options = {"group_by": ",".join(keys), "baseline": str(baseline), "loss_threshold": str(loss_threshold),
                    "runs": str(len(runs)), **({"tune": tune_key} if tune_key else {}),
                    **({"heatmap": ",".join(axes), "measure": result.measure} if axes else {})}
-        try:
-            result.sweep_run_id = log_to_sweep_run(data.uri, data.experiment, data.sweep, result.files, summary,
-                                                   options, result.overview)
-        except (MlflowException, OSError) as err:  # the store's errors, artifact writes, connections
-            result.log_error = root_cause(err)
+        _log_to_sweep_run(result, options)
     return result
+
+
+def _log_to_sweep_run(result: Analysis, options: dict[str, str]) -> None:
+    """Log the analysis' files, summary and `options` (as tags) to its sweep's parent run: result.sweep_run_id,
+    or, where the store refuses (read-only, unreachable), why in result.log_error."""
+    data = result.sweep
+    try:
+        result.sweep_run_id = log_to_sweep_run(data.uri, data.experiment, data.sweep, result.files, result.summary,
+                                               options, result.overview)
+    except (MlflowException, OSError) as err:  # the store's errors, artifact writes, connections
+        result.log_error = root_cause(err)
 
 
 def _tables(data: SweepRuns, keys: list[str], baseline: str | None, loss_threshold: float):
