@@ -217,6 +217,16 @@ class DataSizeError(ValueError):
     """dataset.train_size or dataset.val_size asks for more examples than the dataset has."""
 
 
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (ddof 1, at least 1e-8) of images (N, C, H, W), shaped (1, C, 1, 1), summed in
+    float64: a float32 sum's rounding depends on how many threads share it, and with it every normalized
+    pixel and the data's digest; in float64 the float32 result is the same on any thread count."""
+    dims, count = (0, 2, 3), x.numel() // x.shape[1]
+    mean = (x.sum(dim=dims, keepdim=True, dtype=torch.float64) / count).float()
+    var = (x - mean).square().sum(dim=dims, keepdim=True, dtype=torch.float64) / max(count - 1, 1)
+    return mean, var.sqrt().float().clamp_min(1e-8)
+
+
 def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None, seed: int, name: str):
     """`size` examples drawn with `seed` (all for None); more than there are is refused, not capped,
     so that the recorded train_size is the one trained on."""
@@ -277,7 +287,6 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
     val_x, val_y = to_tensors(train_x[held_out], np.asarray(train_y)[held_out])
     train_x, train_y = _subset(*to_tensors(train_x[kept], np.asarray(train_y)[kept]), cfg.get("train_size"), seed, name)
     test_x, test_y = to_tensors(test_x, test_y)
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    mean, std = channel_stats(train_x)
     return Dataset(name, (train_x - mean) / std, train_y, (test_x - mean) / std, test_y,
                    (val_x - mean) / std, val_y)
