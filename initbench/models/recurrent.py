@@ -4,6 +4,8 @@ for MNIST-1D), an `nn.LSTM` or `nn.GRU` as `rnn`, a linear `head`."""
 import torch
 from torch import nn
 
+from .residual import choice
+
 READOUTS = ("last", "all")  # the head reads the last step's output, or every step's, flattened
 
 
@@ -15,11 +17,9 @@ class RowRNN(nn.Module):
     def __init__(self, cell: type[nn.RNNBase], in_features: int, length: int, num_classes: int,
                  hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = False, readout: str = "last"):
         super().__init__()
-        if readout not in READOUTS:
-            raise ValueError(f"model.readout={readout!r} is not one of {', '.join(READOUTS)}")
+        self.readout = choice("readout", readout, READOUTS)
         self.rnn = cell(in_features, hidden_size, num_layers=num_layers, batch_first=True,
                         bidirectional=bidirectional)
-        self.readout = readout
         width = hidden_size * (2 if bidirectional else 1)
         self.head = nn.Linear(width * (length if readout == "all" else 1), num_classes)
 
