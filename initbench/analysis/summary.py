@@ -103,8 +103,8 @@ def _ranking_note(summary: pd.DataFrame, varying: list[str], lacking: pd.Series)
                 "at best val: the test accuracy at that epoch; final test acc: at the last epoch.")
     if not summary.ranked_by.eq(VAL).any():
         return (f"**Ranked by mean final test accuracy: these runs have {NO_VAL}**, so no epoch is "
-                "selected (nothing is selected on the test set either). Run the sweep again with the "
-                "current initbench for test accuracy at best validation accuracy.")
+                "selected (nothing is selected on the test set either). For test accuracy at best "
+                "validation accuracy, run the sweep with a validation split (dataset.val_size > 0).")
     names = ", ".join(" ".join(str(r[k]) for k in varying) for _, r in summary[lacking].iterrows())
     return ("**Ranked by mean best validation accuracy** (each run read at the epoch of its best "
             "validation accuracy; the test set selects nothing). The groups whose runs have "
