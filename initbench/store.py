@@ -126,7 +126,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise TrackingUnavailable(f"MLflow tracking server {shown} cannot be reached: {reason}") from None
 
 
-def _is_busy(err: BaseException) -> bool:
+def is_busy(err: BaseException) -> bool:
     """SQLite's (or SQLAlchemy's wrapping of it) 'database is locked' / 'busy': another process holds a lock."""
     text = str(err).lower()
     return "database is locked" in text or "database is busy" in text
@@ -165,7 +165,7 @@ def _read_schema(path: Path) -> tuple[set[str], list]:
             return tables, version
         except sqlite3.OperationalError as err:
             waited = time.monotonic() - start
-            if not _is_busy(err):
+            if not is_busy(err):
                 raise
             if waited >= BUSY_WAIT_S:
                 raise _busy(path, waited) from None
@@ -237,7 +237,7 @@ def _open_error(where: str, path: Path, err: BaseException, waited: float, creat
     """The one-line reason a SQLite store could not be opened or created, with the way out: a full disk is
     named, a busy store is waited for and called busy, and deleting the file is suggested only for one that
     is damaged (never for a whole store another process uses)."""
-    if _is_busy(err):
+    if is_busy(err):
         return _busy(path, waited)
     if _disk_full(path, err):
         free = shutil.disk_usage(path.parent).free

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .store import (
     TrackingUnavailable,
     check_reachable,
     clean_uri,
+    is_busy,
     open_client,
     redact,
     resolve_uri,
@@ -36,6 +38,9 @@ from .store import (
 
 # MLflow's per-request limits (log_batch): 1000 metrics, 100 params, 100 tags; param values 6000 chars.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_PARAM_CHARS = 1000, 100, 100, 6000
+# A metric request that met a SQLite store locked by another writer (MLflow gives up after its 20 s busy
+# timeout; a loaded machine's sweeps into one store can hold it longer) is sent again this many times.
+BUSY_RETRIES = 5
 # Config groups that say where things go, not what is computed: left out of the config hash.
 NOT_HASHED = ("paths", "tracking")
 MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
@@ -283,7 +288,8 @@ class Tracker:
 
     @property
     def _writes(self) -> list:
-        """This run's asynchronous writes (MLflow RunOperations) not yet checked, oldest first."""
+        """This run's asynchronous writes not yet checked, oldest first: (MLflow RunOperations, its metrics,
+        its tags), so that a request the store refused as locked can be sent again."""
         return self.__dict__.setdefault("_async_writes", [])
 
     def _settle(self) -> list[str]:
@@ -291,12 +297,34 @@ class Tracker:
         cut short by Ctrl-C leaves the rest for the next call)."""
         failures = []
         while self._writes:
+            operation, metrics, tags = self._writes[0]
             try:
-                self._writes[0].wait()
+                operation.wait()
             except MlflowException as err:  # RunOperations.wait names every failed request
-                failures.append(err.message)
+                try:
+                    if not is_busy(err):
+                        raise
+                    self._say_locked(len(metrics), "")
+                    self._send(metrics, tags)  # a failed request is one transaction: nothing of it was written
+                except Exception as final:  # the store's error, MLflow's or SQLAlchemy's
+                    failures.append(getattr(final, "message", str(final)))
             self._writes.pop(0)
         return failures
+
+    def _send(self, metrics: list[Metric], tags: list[RunTag], retries: int = BUSY_RETRIES) -> None:
+        """log_batch now; while the store answers that another writer has it locked, up to `retries` more
+        times, saying so on stderr."""
+        for attempt in range(1, retries + 2):
+            try:
+                return self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+            except Exception as err:  # MLflow's wrapping of SQLAlchemy's OperationalError, or that error itself
+                if attempt > retries or not is_busy(err):
+                    raise
+                self._say_locked(len(metrics), f" ({attempt} of {retries})")
+
+    def _say_locked(self, points: int, attempt: str) -> None:
+        print(f"the MLflow store is locked by another writer; sending {points} metric points of run {self.run_id} "
+              f"again{attempt}", file=sys.stderr, flush=True)
 
     def log_points(self, points: list[tuple[str, float, int]]) -> None:
         """Log (key, value, step) points, with the heartbeat, in requests of at most 1,000 entries
@@ -314,9 +342,10 @@ class Tracker:
         beat = [RunTag(HEARTBEAT_TAG, f"{now:.0f}")]
         for chunk in [metrics[:MAX_METRICS - 1], *_chunks(metrics[MAX_METRICS - 1:], MAX_METRICS)]:
             if self._asynchronous():
-                self._writes.append(self.client.log_batch(self.run_id, metrics=chunk, tags=beat, synchronous=False))
+                operation = self.client.log_batch(self.run_id, metrics=chunk, tags=beat, synchronous=False)
+                self._writes.append((operation, chunk, beat))
             else:
-                self.client.log_batch(self.run_id, metrics=chunk, tags=beat)
+                self._send(chunk, beat)
             beat = []
 
     def log_datasets(self, datasets: list[dict]) -> None:

@@ -8,7 +8,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from initbench.run import run
-from initbench.tracking import HEARTBEAT_TAG, Tracker, WriteFailed
+from initbench.tracking import BUSY_RETRIES, HEARTBEAT_TAG, Tracker, WriteFailed
 
 from .conftest import compose_config
 
@@ -120,6 +120,52 @@ def test_a_write_that_fails_during_training_fails_the_job_at_the_next_epoch(tmp_
     [logged] = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("initbench").experiment_id])
     assert logged.info.status == "FAILED" and logged.data.tags["initbench.status"] == "failed"
     assert "WriteFailed" in logged.data.tags["initbench.error"]
+
+
+LOCKED = "(sqlite3.OperationalError) database is locked"  # what MLflow reports after its 20 s busy timeout
+
+
+def test_a_request_refused_as_locked_is_sent_again_and_stored_once(tmp_path, monkeypatch, capfd):
+    """A store another writer holds locked past MLflow's busy timeout (seen with two sweeps into one SQLite
+    store on a loaded machine) costs a retry, not the run: every point is stored, none twice."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp")
+    run_id = tracker.start("busy", {}, {})
+    queue = tracker.client._tracking_client.store._async_logging_queue
+    write, refused = queue._logging_func, []
+
+    def locked_once(run_id, metrics, params, tags):
+        if not refused:
+            refused.append(len(metrics))
+            raise MlflowException(LOCKED)
+        return write(run_id=run_id, metrics=metrics, params=params, tags=tags)
+
+    monkeypatch.setattr(queue, "_logging_func", locked_once)
+    tracker.log_points(epoch_points(1, 1500))
+    tracker.log_points(epoch_points(2, 10))
+    tracker.end("finished")
+    assert refused and stored(uri, run_id) == sorted(epoch_points(1, 1500) + epoch_points(2, 10))
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    assert "locked by another writer" in capfd.readouterr().err
+
+
+def test_a_store_that_stays_locked_fails_the_write_after_the_retries(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp")
+    run_id = tracker.start("locked", {}, {})
+    calls = []
+
+    def always_locked(*args, **kwargs):
+        calls.append(1)
+        raise MlflowException(LOCKED)
+
+    monkeypatch.setattr(tracker.client, "log_batch", always_locked)
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracker.log_points(epoch_points(1, 5))
+    assert len(calls) == 1 + BUSY_RETRIES
+    monkeypatch.undo()
+    assert stored(uri, run_id) == []
 
 
 def test_mlflows_own_switch_turns_asynchronous_logging_off(tmp_path, monkeypatch):
