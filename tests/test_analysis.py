@@ -217,11 +217,12 @@ def test_the_table_says_what_a_linear_model_gets_on_the_same_split(store, result
 
 
 def test_runs_that_did_not_log_their_data_folder_read_the_default_one():
-    """Runs from before paths.data_dir was logged (pandas gives them NaN) mixed with runs that did: one
-    config each, the old ones with no folder of their own (the analysis then reads the default one)."""
-    runs = pd.DataFrame({"params.dataset.name": ["digits", "digits", "digits"],
-                         "params.dataset.val_size": ["0.1", "0.1", "0.1"],
-                         "params.paths.data_dir": [float("nan"), "~/data", float("nan")]})
+    """Runs from before paths.data_dir was logged (pandas gives them NaN) or refused before their config
+    resolved (the interpolation as written) mixed with runs that did: one config each, the others with no
+    folder of their own (the analysis then reads the default one, never a folder named `${...}`)."""
+    unresolved = "${oc.env:INITBENCH_DATA_DIR,'~/.cache/initbench'}"
+    runs = pd.DataFrame({"params.dataset.name": ["digits"] * 4, "params.dataset.val_size": ["0.1"] * 4,
+                         "params.paths.data_dir": [float("nan"), "~/data", float("nan"), unresolved]})
     assert linear.dataset_configs(runs) == [{"name": "digits", "val_size": 0.1, "data_dir": None},
                                             {"name": "digits", "val_size": 0.1, "data_dir": "~/data"}]
 

@@ -24,13 +24,14 @@ MAX_ITER = 1000  # lbfgs iterations (scikit-learn's default 100 stops short on 7
 
 def dataset_configs(runs: pd.DataFrame) -> list[dict]:
     """The distinct dataset configs of `runs` (their params dataset.*, values parsed as YAML), each with
-    `data_dir`, the folder the runs read it from (params paths.data_dir)."""
+    `data_dir`, the folder the runs read it from (params paths.data_dir; None where a run did not log it or
+    logged it unresolved, as a job refused before its config resolved does: the default folder then)."""
     columns = [c for c in runs.columns if c.startswith("params.dataset.")]
     configs = []
     for _, row in runs[columns + [c for c in ["params.paths.data_dir"] if c in runs]].drop_duplicates().iterrows():
         cfg = {c[len("params.dataset."):]: yaml.safe_load(row[c]) for c in columns if isinstance(row[c], str)}
-        data_dir = row.get("params.paths.data_dir")
-        cfg["data_dir"] = data_dir if isinstance(data_dir, str) else None  # a run that did not log it: NaN
+        data_dir = row.get("params.paths.data_dir")  # NaN: not logged; "${...}": a refused job's, unresolved
+        cfg["data_dir"] = data_dir if isinstance(data_dir, str) and "${" not in data_dir else None
         if cfg.get("name") and cfg not in configs:
             configs.append(cfg)
     return configs
