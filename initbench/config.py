@@ -42,6 +42,9 @@ class TrainerConf:
     precision: str = MISSING
     compile: Any = MISSING  # auto | true | false
     compile_mode: str | None = MISSING
+    warmup_steps: int = MISSING
+    grad_clip: float | None = MISSING
+    decay_exempt: bool = MISSING
 
 
 @dataclass
@@ -259,6 +262,9 @@ def _rules() -> dict[str, Rule]:
         "trainer.compile": _one_of(SWITCHES),
         "trainer.compile_mode": _one_of(COMPILE_MODES),
         "trainer.progress": _one_of(SWITCHES),
+        "trainer.warmup_steps": _int_in(0),
+        "trainer.grad_clip": (lambda v: v is None or (_is_real(v) and v > 0), "a finite number > 0 or null"),
+        "trainer.decay_exempt": _one_of((True, False)),
         "optimizer.lr": _real(lambda v: 0 < v <= FLOAT32_MAX, f"> 0 that float32 holds (<= {FLOAT32_MAX:.3g})"),
         "optimizer.weight_decay": _real(lambda v: v >= 0, ">= 0"),
         "optimizer.momentum": _real(lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -133,14 +133,48 @@ def loss_and_logits(model: nn.Module, trainer, device: torch.device) -> Callable
 Scales = Mapping[str, Mapping[str, float]]  # parameter name -> {optimizer option: factor}
 
 
-def lr_scheduler(opt: torch.optim.Optimizer, schedule: str, total_steps: int):
-    """torch's scheduler for trainer.schedule, to step once per training step: None for constant,
-    CosineAnnealingLR(T_max=total_steps) for cosine."""
+def decay_exempt(model: nn.Module) -> list[str]:
+    """The parameters that transformer recipes keep out of weight decay (timm's param_groups_weight_decay,
+    GPT-2's and nanoGPT's groups): those of one dimension or none (biases, normalization weights, branch
+    gates) and the weights of nn.Embedding modules (a ViT's class token and positions)."""
+    embeddings = {f"{name}.weight".lstrip(".") for name, module in model.named_modules()
+                  if isinstance(module, nn.Embedding)}
+    return [name for name, p in model.named_parameters() if p.dim() <= 1 or name in embeddings]
+
+
+def with_decay_exempt(scales: Scales | None, model: nn.Module, trainer) -> Scales | None:
+    """`scales` with a weight_decay factor of 0 for decay_exempt(model), where trainer.decay_exempt
+    (optional key, default false) is true; else `scales` unchanged."""
+    if not trainer.get("decay_exempt", False):
+        return scales
+    merged = {name: dict(factors) for name, factors in (scales or {}).items()}
+    for name in decay_exempt(model):
+        merged.setdefault(name, {})["weight_decay"] = 0.0
+    return merged
+
+
+def lr_factor(step: int, schedule: str, total_steps: int, warmup_steps: int = 0) -> float:
+    """The lr multiplier of 0-based training `step`: a linear warmup, min(1, (step + 1) / warmup_steps), times
+    the schedule's decay over the steps after it: 1 for constant, (1 + cos(pi (step - w) / (total_steps - w))) / 2
+    for cosine (from 1 down to 0 at the last step; w = warmup_steps)."""
+    warmup = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     if schedule == "constant":
-        return None
+        return warmup
     if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+        after = max(0, step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return warmup * (1 + math.cos(math.pi * after)) / 2
     raise ValueError(f"unknown trainer.schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, trainer, total_steps: int):
+    """torch's scheduler for trainer.schedule and trainer.warmup_steps (optional key, 0: none), to step once
+    per training step: None for a constant lr without warmup, else LambdaLR of lr_factor."""
+    schedule, warmup = trainer.schedule, trainer.get("warmup_steps", 0)
+    lr_factor(0, schedule, total_steps, warmup)  # an unknown schedule fails here
+    if schedule == "constant" and warmup == 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(
+        lr_factor, schedule=schedule, total_steps=total_steps, warmup_steps=warmup))
 
 
 def build_optimizer(optimizer, named: list[tuple[str, nn.Parameter]], scales: Scales | None = None):
@@ -177,6 +211,7 @@ class SingleSteps:
         self.params = [p for _, p in named]
         self.amp = autocast_dtype(trainer)
         self.step = loss_and_logits(model, trainer, data.train_x.device)
+        self.grad_clip = trainer.get("grad_clip")
 
     def train(self, perms: torch.Tensor, step0: int, with_norms: bool, progress) -> EpochSums:
         device, batch, (perm,) = self.data.train_x.device, self.trainer.batch_size, perms
@@ -194,6 +229,8 @@ class SingleSteps:
             if with_norms:
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
                 grad_norms[i] = torch.stack(torch._foreach_norm(grads))
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.opt.step()
             if self.schedule is not None:
                 self.schedule.step()
@@ -222,8 +259,10 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
 
     trainer: epochs, batch_size, schedule (constant | cosine), eval_batch_size, progress, precision
     (float32 | tf32: TF32 matmuls and convolutions | bf16: bf16 autocast for the forward passes; see
-    float32_math), compile (auto = on CUDA | true | false),
-    compile_mode (optional: torch.compile's mode).
+    float32_math), compile (auto = on CUDA | true | false), compile_mode (optional: torch.compile's mode);
+    optional: warmup_steps (a linear lr warmup, composing with the schedule: lr_factor), grad_clip (the
+    global gradient norm clipped to it before each step, as clip_grad_norm_; the logged norms are from
+    before), decay_exempt (true: no weight decay for decay_exempt(model)).
     optimizer: a Hydra `_partial_` optimizer config (torch.optim.SGD, Adam, ...), its options multiplied per
     parameter by `scales` (see build_optimizer).
     A loss that becomes NaN or inf ends the run with status "diverged" at the end of that epoch;
@@ -232,9 +271,9 @@ def fit(model: nn.Module, data: Dataset, trainer, optimizer, seed: int, log: Log
     log = log or (lambda points: None)
     model.to(data.train_x.device).train()
     named = list(model.named_parameters())
-    opt = build_optimizer(optimizer, named, scales)
+    opt = build_optimizer(optimizer, named, with_decay_exempt(scales, model, trainer))
     total_steps = trainer.epochs * math.ceil(len(data.train_y) / trainer.batch_size)
-    steps = SingleSteps(model, data, trainer, opt, lr_scheduler(opt, trainer.schedule, total_steps), named)
+    steps = SingleSteps(model, data, trainer, opt, lr_scheduler(opt, trainer, total_steps), named)
     batch = trainer.batch_size
     log(init_points(model, data.train_x[:batch], data.train_y[:batch]))  # the signal, dead units, the Jacobian
     [result] = train_epochs(steps, data, trainer, [seed], [log], [vitals_key("grad_norm", name) for name, _ in named])

@@ -26,7 +26,7 @@ def options(group: str) -> list[str]:
 def test_groups_ship_the_documented_options():
     assert options("model") == ["cnn1d", "gru", "lenet", "lstm", "mlp", "resmlp", "resnet", "transformer"]
     assert options("dataset") == ["cifar10", "digits", "fashion_mnist", "mnist", "mnist1d"]
-    assert options("optimizer") == ["adam", "sgd"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -143,6 +143,9 @@ BAD = [
     (["trainer.compile=1"], "trainer.compile=1", "one of auto, true, false"),
     (["trainer.compile_mode=fast"], "trainer.compile_mode='fast'", "one of null, default, reduce-overhead"),
     (["trainer.progress=maybe"], "trainer.progress='maybe'", "one of auto, true, false"),
+    (["trainer.warmup_steps=-1"], "trainer.warmup_steps=-1", "an integer >= 0"),
+    (["trainer.grad_clip=0"], "trainer.grad_clip=0.0", "a finite number > 0 or null"),
+    (["trainer.grad_clip=inf"], "trainer.grad_clip=inf", "a finite number > 0 or null"),
     (["trainer.device=gpu"], "trainer.device='gpu'", "Expected one of cpu, cuda"),
     (["optimizer.lr=abc"], "full_key: optimizer.lr", "'abc' of type 'str' could not be converted to Float"),
     (["optimizer.lr=nan"], "optimizer.lr=nan", "a finite number > 0"),

@@ -12,7 +12,7 @@ from initbench.batched import fit_batched
 from initbench.data import load_dataset
 from initbench.devices import resolve_device
 from initbench.run import build_initialized_model
-from initbench.train import fit
+from initbench.train import build_optimizer, decay_exempt, fit, lr_factor, with_decay_exempt
 
 from .conftest import compose_config
 
@@ -134,6 +134,68 @@ def test_non_finite_loss_ends_diverged_not_an_exception():
 def test_cosine_schedule_and_adam_run():
     result, _, _ = train(["optimizer=adam", "trainer.schedule=cosine", "model=lstm", "model.hidden_size=16"])
     assert result.status == "finished"
+
+
+def test_warmup_is_linear_then_the_schedule_runs_over_the_steps_after_it():
+    constant = [lr_factor(t, "constant", 10, warmup_steps=4) for t in range(10)]
+    assert constant == [0.25, 0.5, 0.75] + [1.0] * 7
+    cosine = [lr_factor(t, "cosine", 10, warmup_steps=4) for t in range(10)]
+    assert cosine[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert cosine[4:] == pytest.approx([(1 + math.cos(math.pi * i / 6)) / 2 for i in range(6)])
+    no_warmup = [lr_factor(t, "cosine", 10) for t in range(10)]
+    opt = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+    torch_cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    for t in range(10):  # without warmup, torch's own cosine
+        assert opt.param_groups[0]["lr"] == pytest.approx(no_warmup[t], abs=1e-12)
+        opt.step()
+        torch_cosine.step()
+
+
+def one_sgd_step(overrides):
+    """(parameters before, after, their gradients at the start) of one plain SGD step (lr 0.5, no momentum)."""
+    cfg = compose_config(["model=mlp", "model.width=32", "optimizer.momentum=0", "optimizer.lr=0.5",
+                          "trainer.batch_size=64", "dataset.train_size=64", "trainer.epochs=1", *overrides])
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu")
+    model, _ = build_initialized_model(cfg, data)
+    before = [p.detach().clone() for p in model.parameters()]
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(cfg.seed))
+    F.cross_entropy(model(data.train_x[perm]), data.train_y[perm]).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    fit(model, data, cfg.trainer, cfg.optimizer, cfg.seed)
+    return before, [p.detach() for p in model.parameters()], grads
+
+
+def test_the_first_step_of_a_warmup_takes_a_warmup_steps_th_of_the_lr():
+    before, after, grads = one_sgd_step(["trainer.warmup_steps=4"])
+    for b, a, g in zip(before, after, grads, strict=True):
+        assert torch.allclose(b - a, 0.5 / 4 * g, rtol=1e-4, atol=1e-7)
+
+
+def test_grad_clip_bounds_the_global_norm_of_the_step():
+    before, after, grads = one_sgd_step(["trainer.grad_clip=0.01"])
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert norm > 0.1  # so the clip acts: the step is the gradient scaled to a norm of 0.01
+    for b, a, g in zip(before, after, grads, strict=True):
+        assert torch.allclose(b - a, 0.5 * g * 0.01 / norm, rtol=1e-4, atol=1e-8)
+
+
+def test_decay_exempt_keeps_biases_norms_gates_and_embeddings_out_of_weight_decay():
+    cfg = compose_config(["model=transformer", "model.depth=2", "model.branch_gate=scalar", "optimizer=adamw",
+                          "dataset.train_size=64",
+                          "trainer.decay_exempt=true"])
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir, "cpu")
+    model, _ = build_initialized_model(cfg, data)
+    exempt = set(decay_exempt(model))
+    names = dict(model.named_parameters())
+    assert {"cls.weight", "pos.weight", "head.bias", "norm.weight", "blocks.0.attn.gate.weight",
+            "blocks.1.mlp.branch.norm.weight"} <= exempt
+    assert all(names[n].dim() == 2 for n in set(names) - exempt)  # the Linear weights, decayed
+    assert {"embed.weight", "head.weight", "blocks.0.attn.branch.qkv.weight"}.isdisjoint(exempt)
+    opt = build_optimizer(cfg.optimizer, list(names.items()), with_decay_exempt(None, model, cfg.trainer))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert {n for n, p in names.items() if decay[id(p)] == 0} == exempt
+    assert {decay[id(names[n])] for n in set(names) - exempt} == {0.01}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without CUDA")

@@ -52,11 +52,11 @@ def optimizer_spec(cfg: DictConfig | dict) -> tuple[type, dict]:
     return cls, options
 
 
-def lr_table(lrs: list[float], schedule: str, total_steps: int) -> list[list[float]]:
+def lr_table(lrs: list[float], trainer, total_steps: int) -> list[list[float]]:
     """The lr of each model at each step (total_steps x K), from the scheduler initbench.train.fit
-    steps once per step (lr_scheduler)."""
+    steps once per step (lr_scheduler: trainer.schedule and trainer.warmup_steps)."""
     dummy = torch.optim.SGD([{"params": [torch.zeros(1)], "lr": lr} for lr in lrs])
-    sched = lr_scheduler(dummy, schedule, total_steps)
+    sched = lr_scheduler(dummy, trainer, total_steps)
     if sched is None:
         return [list(lrs)] * total_steps
     table = []
@@ -80,11 +80,11 @@ class StackedOptimizer:
     scaled: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, cfg, lrs: list[float], schedule: str, total_steps: int, device, dtype,
+    def build(cls, cfg, lrs: list[float], trainer, total_steps: int, device, dtype,
               scales: list | None = None) -> "StackedOptimizer":
         """scales[k]: model k's {parameter: {option: factor}} (None or {}: none scaled)."""
         kind, options = optimizer_spec(cfg)
-        lr = lr_table(lrs, schedule, total_steps)
+        lr = lr_table(lrs, trainer, total_steps)
         tables = {"lr": lr}
         if kind is not torch.optim.SGD:
             beta1, beta2 = options["betas"]

@@ -77,9 +77,10 @@ def _probe_batch(models, data, trainer, optimizer, timed_steps: int, scales=None
     k, batch = len(models), trainer.batch_size
     template, params, buffers = stack_models([copy.deepcopy(m) for m in models], device)
     lrs = [float(OmegaConf.select(optimizer, "lr"))] * k
-    opt = StackedOptimizer.build(optimizer, lrs, "constant", 1 + timed_steps, device, params[next(iter(params))].dtype,
+    opt = StackedOptimizer.build(optimizer, lrs, trainer, 1 + timed_steps, device, params[next(iter(params))].dtype,
                                  scales=scales)
-    steps = BatchedSteps(template, param_names(models[0]), opt, device, autocast_dtype(trainer))
+    steps = BatchedSteps(template, param_names(models[0]), opt, device, autocast_dtype(trainer),
+                         grad_clip=trainer.get("grad_clip"))
     if device.type == "cuda":  # the peak counts the models' batches, gradients, activations and optimizer state
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from ..data import Dataset
 from ..epochs import EpochSums, FitResult, LogFn, train_epochs
 from ..metric_keys import vitals_key
-from ..train import Scales, autocast_dtype, in_float32_math
+from ..train import Scales, autocast_dtype, in_float32_math, with_decay_exempt
 from ..vitals.points import epoch_points, init_points
 from .optim import StackedOptimizer, optimizer_spec
 from .stacking import param_names, stack_models, unstack_into
@@ -36,8 +36,8 @@ class BatchedSteps:
 
     def __init__(self, template: nn.Module, names: list[str], optimizer: StackedOptimizer,
                  device: torch.device, autocast: torch.dtype | None = None,
-                 compile: bool = False, compile_mode: str | None = None):
-        self.template, self.names, self.optimizer = template, names, optimizer
+                 compile: bool = False, compile_mode: str | None = None, grad_clip: float | None = None):
+        self.template, self.names, self.optimizer, self.grad_clip = template, names, optimizer, grad_clip
         self.device_type, self.autocast = device.type, autocast
 
         def loss_and_logits(params, buffers, x, y):
@@ -53,10 +53,14 @@ class BatchedSteps:
     def _step(self, params, buffers, x, y, coef, with_norms: bool):
         grads, (loss, logits) = self._grads(params, buffers, x, y)
         # reshape, not flatten(1): a scalar parameter (a residual gate) has stacked grads of shape (K,)
+        clip = self.grad_clip is not None
         norms = torch.stack([torch.linalg.vector_norm(grads[n].reshape(len(grads[n]), -1), dim=1)
-                             for n in self.names]) if with_norms else None
+                             for n in self.names]) if with_norms or clip else None
+        if clip:  # torch.nn.utils.clip_grad_norm_ per model: the global norm over its parameters
+            factor = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
+            grads = {n: g * factor.view(-1, *[1] * (g.dim() - 1)) for n, g in grads.items()}
         self.optimizer.update(params, grads, coef)
-        return loss, (logits.argmax(-1) == y).sum(-1), norms
+        return loss, (logits.argmax(-1) == y).sum(-1), norms if with_norms else None
 
     @torch.no_grad()
     def train(self, params, buffers, x, y, coef, with_norms: bool):
@@ -181,10 +185,11 @@ def fit_batched(models: Sequence[nn.Module], data: Dataset, trainer, optimizer, 
     template, params, buffers = stack_models(list(models), device)
     names = param_names(models[0])
     dtype = params[names[0]].dtype
-    opt = StackedOptimizer.build(optimizer, lrs, trainer.schedule, total_steps, device, dtype, scales=scales)
+    scales = [with_decay_exempt(s, models[0], trainer) for s in (scales or [None] * k)]
+    opt = StackedOptimizer.build(optimizer, lrs, trainer, total_steps, device, dtype, scales=scales)
     steps = BatchedSteps(template, names, opt, device, autocast,
                          compile=device.type == "cuda" if compile == "auto" else bool(compile),
-                         compile_mode=compile_mode)
+                         compile_mode=compile_mode, grad_clip=trainer.get("grad_clip"))
 
     for model, log in zip(models, logs, strict=True):
         log(init_points(model.to(device).train(), data.train_x[:batch], data.train_y[:batch]))  # as fit() does
