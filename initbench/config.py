@@ -133,7 +133,7 @@ class ResidualConf:
     name: str = MISSING
     depth: int = MISSING
     width: int = MISSING
-    branch_gate: str = MISSING  # none | scalar
+    branch_gate: str = MISSING  # none | scalar | channel (resmlp, transformer)
     branch_bias: bool = MISSING
 
 
@@ -156,6 +156,9 @@ class TransformerConf(ResidualConf):
     patch_size: int = MISSING
     norm_position: str = MISSING  # pre | post
     pool: str = MISSING  # cls | mean
+    norm: str = MISSING  # layer | none
+    residual_scale: float = MISSING
+    attn_scale: str = MISSING  # inv_sqrt_d | inv_d
 
 
 @dataclass
@@ -284,6 +287,7 @@ def _rules() -> dict[str, Rule]:
         "model.heads": at_least_1,
         "model.mlp_ratio": at_least_1,
         "model.patch_size": at_least_1,
+        "model.residual_scale": _real(lambda v: v > 0, "> 0"),
         "tracking.rerun": _one_of((True, False)),
         "tracking.system_metrics": _one_of((True, False)),
         "tracking.stale_after_min": _real(lambda v: v > 0, "> 0 (minutes)"),

@@ -93,19 +93,22 @@ def assert_same_run(batched, single, result_b, result_s, points_b, points_s, par
       "model.branch_bias=true", "optimizer=adam", "optimizer.lr=0.01"], [["init=default", "seed=0"]], 1e-12),
     (["model=transformer", "model.depth=1", "model.width=16", "model.heads=2"],
      [["init=default", "seed=0"], ["init=xavier", "seed=1"]], 1e-12),
+    (["model=transformer", "model.depth=2", "model.width=16", "model.heads=2", "model.norm=none",
+      "model.branch_gate=scalar"], [["init=rezero", "seed=0"], ["init=default", "seed=1"]], 1e-12),
     (["model=transformer", "model.depth=1", "model.width=16", "model.norm_position=post", "model.tokens=rows",
       "model.pool=mean", "optimizer=adam", "optimizer.lr=0.01"], [["init=default", "seed=0"]], 1e-10),
     (["model=mlp", "optimizer.weight_decay=0.01", "trainer.schedule=cosine", "trainer.warmup_steps=3",
       "trainer.grad_clip=0.5", "trainer.decay_exempt=true"], [["init=default", "seed=0"], ["init=mup", "seed=1"]],
      1e-12),
-    (["model=transformer", "model.depth=2", "model.width=16", "model.heads=2", "model.branch_gate=scalar",
-      "optimizer=adamw", "optimizer.lr=0.01", "trainer.warmup_steps=5", "trainer.grad_clip=0.2",
+    (["model=transformer", "model.depth=2", "model.width=16", "model.heads=2", "model.branch_gate=channel",
+      "model.norm_position=post", "model.residual_scale=1.5", "model.attn_scale=inv_d", "optimizer=adamw",
+      "optimizer.lr=0.01", "trainer.warmup_steps=5", "trainer.grad_clip=0.2",
       "trainer.decay_exempt=true"], [["init=default", "seed=0"], ["init=xavier", "seed=1"]], 1e-10),
 ], ids=["lenet", "mlp-tanh-critical-kumar-zero", "mlp-nesterov-lsuv", "mlp-batchnorm", "mlp-batchnorm-adam",
         "mlp-mup-sgd-wd", "mlp-mup-adam-wd-cosine", "lstm2-adam-cosine", "cnn1d-mnist1d-adam",
         "resmlp-layernorm-gate-bias", "resnet-batchnorm", "resnet-plain-gate-bias-adam", "transformer",
-        "transformer-post-rows-mean-adam", "mlp-sgd-warmup-cosine-clip-exempt",
-        "transformer-adamw-warmup-clip-exempt"])
+        "transformer-no-norm-rezero", "transformer-post-rows-mean-adam", "mlp-sgd-warmup-cosine-clip-exempt",
+        "transformer-post-deepnet-layerscale-adamw-warmup-clip-exempt"])
 def test_batched_training_equals_separate_fits(common, jobs, atol):
     for outcome in both_ways(jobs, common):
         assert_same_run(*outcome, params_atol=atol)

@@ -10,7 +10,7 @@ from torch import nn
 from initbench.config import ConfigError, check_config
 from initbench.data import load_dataset
 from initbench.models import DataShape, build_model
-from initbench.models.residual import Residual, ScalarBias, ScalarGate
+from initbench.models.residual import ChannelGate, Residual, ScalarBias, ScalarGate
 from initbench.models.resnet import PadShortcut
 from initbench.models.transformer import SelfAttention
 from initbench.train import fit
@@ -157,6 +157,62 @@ def test_a_zero_gate_makes_every_residual_its_shortcut(name):
     assert len(checked) == 2 * len(branches(model))
 
 
+@pytest.mark.parametrize("name", ["resmlp", "transformer", "transformer-post-rows"])
+def test_a_channel_gate_scales_each_channel_of_its_branch(name):
+    """LayerScale (Touvron et al. 2021): y = x + diag(lambda) branch(x), one lambda per channel, 1 as built."""
+    model = tiny(name, branch_gate="channel")
+    residuals = [m for m in model.modules() if isinstance(m, Residual)]
+    assert len(residuals) == len(branches(model)) and all(isinstance(r.gate, ChannelGate) for r in residuals)
+    assert all(torch.equal(r.gate.weight, torch.ones(16)) for r in residuals)
+    lam = torch.linspace(-1, 1, 16)
+    checked = []
+
+    def scales_its_branch(module, inputs, output):
+        x = inputs[0]
+        torch.testing.assert_close(output, x + lam * module.branch(x))
+        checked.append(module)
+
+    with torch.no_grad():
+        for r in residuals:
+            r.gate.weight.copy_(lam)
+            r.register_forward_hook(scales_its_branch)
+        model(digits_batch())
+    assert len(checked) == len(residuals)
+
+
+def test_residual_scale_multiplies_every_shortcut():
+    """DeepNet (Wang et al. 2022): x_{l+1} = LN(alpha x_l + G(x_l)), post-LN."""
+    model = tiny("transformer-post-rows", residual_scale=2.5)
+    residuals = [m for m in model.modules() if isinstance(m, Residual)]
+    assert len(residuals) == 4
+    for r in residuals:
+        r.register_forward_hook(lambda m, inputs, out: torch.testing.assert_close(
+            out, 2.5 * inputs[0] + m.branch(inputs[0])))
+    model(digits_batch())
+
+
+@pytest.mark.parametrize("position", ["pre", "post"])
+def test_norm_none_leaves_no_layer_norm(position):
+    assert not [m for m in tiny("transformer", norm="none", norm_position=position).modules()
+                if isinstance(m, nn.LayerNorm)]
+    assert [m for m in tiny("transformer", norm_position=position).modules() if isinstance(m, nn.LayerNorm)]
+
+
+def test_attn_scale_inv_d_divides_the_logits_by_d_head():
+    """muP's attention (Yang et al. 2021, Sec. 6): q k^T / d_head, the same as 1/sqrt(d_head) with q / sqrt(d_head)."""
+    torch.manual_seed(0)
+    mup, standard = SelfAttention(16, 2, attn_scale="inv_d").double(), SelfAttention(16, 2).double()
+    standard.load_state_dict(mup.state_dict())
+    with torch.no_grad():
+        standard.qkv.weight[:16] /= 8**0.5  # d_head = 8; the q rows come first
+        standard.qkv.bias[:16] /= 8**0.5
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(mup(x), standard(x), rtol=0, atol=1e-13)
+    same_weights = SelfAttention(16, 2).double()
+    same_weights.load_state_dict(mup.state_dict())
+    assert not torch.allclose(mup(x), same_weights(x))  # the option changes what is computed
+
+
 @pytest.mark.parametrize("cfg,message", [
     ({"name": "resnet", "depth": 21}, r"model.depth=21: .* 6n\+2 .*8, 14, 20, 26, 32, 44, 56, 110"),
     ({"name": "resnet", "norm": "layer"}, "unknown model.norm 'layer'; valid: batch, none"),
@@ -168,6 +224,10 @@ def test_a_zero_gate_makes_every_residual_its_shortcut(name):
     ({"name": "transformer", "tokens": "pixels"}, "unknown model.tokens 'pixels'; valid: patches, rows"),
     ({"name": "transformer", "pool": "max"}, "unknown model.pool 'max'; valid: cls, mean"),
     ({"name": "transformer", "norm_position": "sandwich"}, "valid: pre, post"),
+    ({"name": "transformer", "norm": "rms"}, "unknown model.norm 'rms'; valid: layer, none"),
+    ({"name": "transformer", "attn_scale": "inv_d2"}, "unknown model.attn_scale 'inv_d2'; valid: inv_sqrt_d, inv_d"),
+    ({"name": "transformer", "residual_scale": 0.0}, "model.residual_scale=0.0 must be a finite number > 0"),
+    ({"name": "resnet", "branch_gate": "channel"}, "unknown model.branch_gate 'channel'; valid: none, scalar$"),
 ])
 def test_bad_options_name_the_value_and_the_valid_ones(cfg, message):
     with pytest.raises(ValueError, match=message):
@@ -180,6 +240,8 @@ def test_bad_options_name_the_value_and_the_valid_ones(cfg, message):
     (["model=transformer", "model.heads=0"], "model.heads=0: must be an integer >= 1"),
     (["model=resmlp", "model.norm=group"], "model.norm='group': must be one of none, layer, batch"),
     (["model=resnet", "model.branch_gate=vector"], "model.branch_gate='vector': must be one of none, scalar"),
+    (["model=transformer", "model.norm=rms"], "model.norm='rms': must be one of layer, none"),
+    (["model=transformer", "model.residual_scale=-1"], "model.residual_scale=-1.0: must be a finite number > 0"),
 ])
 def test_check_config_reports_bad_options_before_anything_is_built(overrides, message):
     with pytest.raises(ConfigError) as err:

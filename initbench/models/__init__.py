@@ -11,12 +11,13 @@ from .cnn1d import CNN1d
 from .lenet import LeNet
 from .mlp import ACTIVATIONS, MLP
 from .recurrent import READOUTS, RowRNN
-from .residual import BRANCH_GATES
+from .residual import BRANCH_GATES, GATES_WITHOUT_CHANNELS
 from .resmlp import NORMS as RESMLP_NORMS
 from .resmlp import ResMLP
 from .resnet import NORMS as RESNET_NORMS
 from .resnet import ResNet
-from .transformer import NORM_POSITIONS, POOLS, TOKENS, Transformer
+from .transformer import ATTN_SCALES, NORM_POSITIONS, POOLS, TOKENS, Transformer
+from .transformer import NORMS as TRANSFORMER_NORMS
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ CHOICES = {
     "lstm": {"readout": READOUTS},
     "gru": {"readout": READOUTS},
     "resmlp": {"activation": tuple(ACTIVATIONS), "norm": RESMLP_NORMS, "branch_gate": BRANCH_GATES},
-    "resnet": {"norm": RESNET_NORMS, "branch_gate": BRANCH_GATES},
-    "transformer": {"tokens": TOKENS, "norm_position": NORM_POSITIONS, "pool": POOLS, "branch_gate": BRANCH_GATES},
+    "resnet": {"norm": RESNET_NORMS, "branch_gate": GATES_WITHOUT_CHANNELS},
+    "transformer": {"tokens": TOKENS, "norm_position": NORM_POSITIONS, "pool": POOLS, "branch_gate": BRANCH_GATES,
+                    "norm": TRANSFORMER_NORMS, "attn_scale": tuple(ATTN_SCALES)},
 }
 # Config keys that describe the data a model wants, not constructor arguments.
 _NOT_ARGS = {"_target_", "name", "image_size"}

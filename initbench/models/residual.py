@@ -6,7 +6,9 @@ stream) is named `out`, a norm right after it `out_norm`; the others have other 
 Two model options give what some inits need, without the model knowing any init:
 
 - `branch_gate: scalar`: a `ScalarGate` child `gate`, y = x + alpha * branch(x) with alpha = 1 as built
-  (the multiplier of Fixup, Zhang et al. 2019; the alpha of SkipInit and ReZero); `none`: no gate.
+  (the multiplier of Fixup, Zhang et al. 2019; the alpha of SkipInit and ReZero); `channel`: a
+  `ChannelGate`, y = x + diag(lambda) branch(x), one lambda per channel, 1 as built (LayerScale, Touvron
+  et al. 2021; resmlp and transformer, whose channels are the last dimension); `none`: no gate.
 - `branch_bias: true`: a `ScalarBias` (b = 0) before each weight layer and each element-wise activation
   (Fixup, Sec. 3), named `pre_<layer>` (`pre_inp`, `pre_act`, `pre_out`, `pre_head`, ...).
 """
@@ -16,7 +18,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-BRANCH_GATES = ("none", "scalar")
+BRANCH_GATES = ("none", "scalar", "channel")
+GATES_WITHOUT_CHANNELS = BRANCH_GATES[:2]  # a model whose channels are not the last dimension (resnet)
 
 
 def choice(key: str, value: str, valid) -> str:
@@ -37,6 +40,17 @@ class ScalarGate(nn.Module):
         return x * self.weight
 
 
+class ChannelGate(nn.Module):
+    """y = weight * x over the last dimension, one learnable entry of `weight` per channel, 1.0 as built."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
 class ScalarBias(nn.Module):
     """y = x + bias, one learnable scalar `bias` (shape ()), 0.0 as built."""
 
@@ -49,20 +63,24 @@ class ScalarBias(nn.Module):
 
 
 class Residual(nn.Module):
-    """y = shortcut(x) + gate(branch(x)): `gate` a ScalarGate (None unless branch_gate is scalar),
-    `shortcut` a parameter-free module (None: the identity), so that by default y = x + branch(x)."""
+    """y = alpha shortcut(x) + gate(branch(x)): `gate` a ScalarGate or a ChannelGate of `channels` (None for
+    branch_gate none), `shortcut` a parameter-free module (None: the identity), alpha = `shortcut_scale` (1:
+    DeepNet's alpha otherwise), so that by default y = x + branch(x)."""
 
-    def __init__(self, branch: nn.Module, branch_gate: str = "none", shortcut: nn.Module | None = None):
+    def __init__(self, branch: nn.Module, branch_gate: str = "none", shortcut: nn.Module | None = None,
+                 channels: int | None = None, shortcut_scale: float = 1.0):
         super().__init__()
         self.branch = branch
-        self.gate = ScalarGate() if choice("branch_gate", branch_gate, BRANCH_GATES) == "scalar" else None
-        self.shortcut = shortcut
+        kind = choice("branch_gate", branch_gate, BRANCH_GATES if channels else GATES_WITHOUT_CHANNELS)
+        self.gate = ScalarGate() if kind == "scalar" else ChannelGate(channels) if kind == "channel" else None
+        self.shortcut, self.shortcut_scale = shortcut, shortcut_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch(x)
         if self.gate is not None:
             out = self.gate(out)
-        return (x if self.shortcut is None else self.shortcut(x)) + out
+        x = x if self.shortcut is None else self.shortcut(x)
+        return (x if self.shortcut_scale == 1 else x * self.shortcut_scale) + out
 
 
 def with_biases(layers: list[tuple[str, nn.Module]], branch_bias: bool, before: tuple[str, ...]) -> nn.Sequential:

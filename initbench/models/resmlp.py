@@ -44,7 +44,8 @@ class ResMLP(nn.Module):
             layers = [("norm", _norm(norm, width))] if norm != "none" else []
             layers += [("inp", nn.Linear(width, width)), ("act", ACTIVATIONS[activation]()),
                        ("out", nn.Linear(width, width))]
-            blocks.append(Residual(with_biases(layers, branch_bias, ("inp", "act", "out")), branch_gate))
+            branch = with_biases(layers, branch_bias, ("inp", "act", "out"))
+            blocks.append(Residual(branch, branch_gate, channels=width))
         self.blocks = nn.Sequential(*blocks)
         self.norm = _norm(norm, width) if norm != "none" else nn.Identity()
         self.pre_head = ScalarBias() if branch_bias else nn.Identity()

@@ -12,23 +12,32 @@ from torch import nn
 from .residual import Residual, ScalarBias, choice, with_biases
 
 TOKENS = ("patches", "rows")
+NORMS = ("layer", "none")
 NORM_POSITIONS = ("pre", "post")
 POOLS = ("cls", "mean")
+ATTN_SCALES = {"inv_sqrt_d": 0.5, "inv_d": 1.0}  # logits q k^T / d_head**power: Vaswani's 1/sqrt(d), muP's 1/d
+
+
+def layer_norm(width: int, present: bool) -> nn.Module:
+    return nn.LayerNorm(width) if present else nn.Identity()
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention as a residual branch: (`norm`) -> (`pre_qkv`) -> Linear `qkv` ->
-    softmax(q k^T / sqrt(d_head)) v per head -> (`pre_out`) -> Linear `out`.
+    softmax(q k^T / d_head^p) v per head -> (`pre_out`) -> Linear `out`, p = 1/2 (attn_scale inv_sqrt_d) or
+    1 (inv_d: muP's, Yang et al. 2021, Sec. 6).
 
     `qkv` (width -> 3 width) is fused, its rows ordered q, k, v, each split into `heads` contiguous
     chunks of d_head = width / heads rows (nanoGPT's c_attn layout). Absent options are nn.Identity.
     """
 
-    def __init__(self, width: int, heads: int, pre_norm: bool = True, branch_bias: bool = False):
+    def __init__(self, width: int, heads: int, pre_norm: bool = True, branch_bias: bool = False,
+                 attn_scale: str = "inv_sqrt_d"):
         super().__init__()
         if width % heads:
             raise ValueError(f"model.width={width} must be divisible by model.heads={heads}")
         self.heads = heads
+        self.power = ATTN_SCALES[choice("attn_scale", attn_scale, tuple(ATTN_SCALES))]
         self.norm = nn.LayerNorm(width) if pre_norm else nn.Identity()
         self.pre_qkv = ScalarBias() if branch_bias else nn.Identity()
         self.qkv = nn.Linear(width, 3 * width)
@@ -40,24 +49,28 @@ class SelfAttention(nn.Module):
         d_head = width // self.heads
         q, k, v = (z.reshape(n, t, self.heads, d_head).transpose(1, 2)  # (n, heads, t, d_head)
                    for z in self.qkv(self.pre_qkv(self.norm(x))).split(width, dim=2))
-        weights = (q @ k.transpose(-2, -1) / math.sqrt(d_head)).softmax(-1)
+        weights = (q @ k.transpose(-2, -1) / d_head**self.power).softmax(-1)
         y = (weights @ v).transpose(1, 2).reshape(n, t, width)
         return self.out(self.pre_out(y))
 
 
 class Block(nn.Module):
     """x -> `attn` (Residual) -> (`attn_norm`) -> `mlp` (Residual) -> (`mlp_norm`): LayerNorm after each
-    residual sum for post-norm (Vaswani et al. 2017), inside the branches at their start for pre-norm."""
+    residual sum for post-norm (Vaswani et al. 2017), inside the branches at their start for pre-norm, none
+    for norm none. Each Residual is alpha x + gate(branch(x)), alpha = residual_scale (DeepNet's)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int, pre_norm: bool, branch_gate: str, branch_bias: bool):
+    def __init__(self, width: int, heads: int, mlp_ratio: int, norm: str, pre_norm: bool, branch_gate: str,
+                 branch_bias: bool, residual_scale: float, attn_scale: str):
         super().__init__()
-        self.attn = Residual(SelfAttention(width, heads, pre_norm, branch_bias), branch_gate)
-        self.attn_norm = nn.Identity() if pre_norm else nn.LayerNorm(width)
-        layers = [("norm", nn.LayerNorm(width))] if pre_norm else []
+        pre, post = norm == "layer" and pre_norm, norm == "layer" and not pre_norm
+        residual = {"branch_gate": branch_gate, "channels": width, "shortcut_scale": residual_scale}
+        self.attn = Residual(SelfAttention(width, heads, pre, branch_bias, attn_scale), **residual)
+        self.attn_norm = layer_norm(width, post)
+        layers = [("norm", nn.LayerNorm(width))] if pre else []
         layers += [("inp", nn.Linear(width, mlp_ratio * width)), ("act", nn.GELU()),
                    ("out", nn.Linear(mlp_ratio * width, width))]
-        self.mlp = Residual(with_biases(layers, branch_bias, ("inp", "act", "out")), branch_gate)
-        self.mlp_norm = nn.Identity() if pre_norm else nn.LayerNorm(width)
+        self.mlp = Residual(with_biases(layers, branch_bias, ("inp", "act", "out")), **residual)
+        self.mlp_norm = layer_norm(width, post)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp_norm(self.mlp(self.attn_norm(self.attn(x))))
@@ -71,6 +84,8 @@ class Transformer(nn.Module):
     (H steps of C W features: a sequence stored as (N, C, L, 1) gives L steps of C features). `cls` and
     `pos` are nn.Embeddings (one token; one row per position). `norm` (the final
     LayerNorm) is there for pre-norm; pool: the class token's output or the mean over tokens.
+    norm: layer (LayerNorms where norm_position puts them) | none (no LayerNorm at all: ReZero, T-Fixup);
+    residual_scale: DeepNet's alpha on every shortcut; attn_scale: see SelfAttention.
     """
 
     def __init__(
@@ -87,12 +102,18 @@ class Transformer(nn.Module):
         pool: str = "cls",
         branch_gate: str = "none",
         branch_bias: bool = False,
+        norm: str = "layer",
+        residual_scale: float = 1.0,
+        attn_scale: str = "inv_sqrt_d",
     ):
         super().__init__()
         self.tokens, self.pool = choice("tokens", tokens, TOKENS), choice("pool", pool, POOLS)
         self.patch_size = patch_size
         in_channels, height, width_px = in_shape
         pre_norm = choice("norm_position", norm_position, NORM_POSITIONS) == "pre"
+        choice("norm", norm, NORMS)
+        if not math.isfinite(residual_scale) or residual_scale <= 0:
+            raise ValueError(f"model.residual_scale={residual_scale} must be a finite number > 0")
         if min(depth, width, heads, mlp_ratio, patch_size) < 1:
             raise ValueError(f"model.depth, width, heads, mlp_ratio and patch_size must be >= 1, got {depth}, "
                              f"{width}, {heads}, {mlp_ratio}, {patch_size}")
@@ -107,9 +128,9 @@ class Transformer(nn.Module):
         self.embed = nn.Linear(features, width)
         self.cls = nn.Embedding(1, width) if pool == "cls" else None
         self.pos = nn.Embedding(count + (pool == "cls"), width)
-        self.blocks = nn.Sequential(*[Block(width, heads, mlp_ratio, pre_norm, branch_gate, branch_bias)
-                                      for _ in range(depth)])
-        self.norm = nn.LayerNorm(width) if pre_norm else nn.Identity()
+        self.blocks = nn.Sequential(*[Block(width, heads, mlp_ratio, norm, pre_norm, branch_gate, branch_bias,
+                                            residual_scale, attn_scale) for _ in range(depth)])
+        self.norm = layer_norm(width, norm == "layer" and pre_norm)
         self.pre_head = ScalarBias() if branch_bias else nn.Identity()
         self.head = nn.Linear(width, num_classes)
 
