@@ -10,6 +10,7 @@ checks the values it has.
 """
 
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 SEED_MAX = 2**32 - 1  # torch's CPU generator keeps 32 bits: larger or negative seeds repeat these
 SCHEDULES = ("constant", "cosine")
@@ -430,12 +432,33 @@ def _init_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _leaf_keys(value, f"{prefix}{key}.")]
+    return [prefix[:-1]]
+
+
+def _interpolation_problems(cfg: DictConfig) -> list[str]:
+    """A ${...} that does not resolve, e.g. a policy's `width: ${model.width}` on a model without a width."""
+    written = OmegaConf.to_container(cfg, resolve=False)
+    problems = []
+    for key in _leaf_keys(written):
+        if key.split(".")[0] in NOT_CHECKED:
+            continue
+        try:
+            OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except InterpolationResolutionError as err:  # a key not found, a resolver's own error, ...
+            value = functools.reduce(lambda node, part: node[part], key.split("."), written)
+            problems.append(f"{key}={value}: cannot be resolved ({str(err).splitlines()[0]})")
+    return problems
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem (full key, bad value, what is valid) of a composed
     config that its schemas cannot catch: values left ???, keys added with +, ranges, options and
     cross-field rules. Loads no data, opens no store (Tracker checks tracking.uri); paths.* is not checked."""
-    problems = [f"{key}: has no value (???)" for key in sorted(OmegaConf.missing_keys(cfg))
-                if key.split(".")[0] not in NOT_CHECKED]
+    missing = [key for key in OmegaConf.missing_keys(cfg) if key.split(".")[0] not in NOT_CHECKED]
+    problems = _interpolation_problems(cfg) or [f"{key}: has no value (???)" for key in sorted(missing)]
     if not problems:  # the checks below read values
         problems = (_key_problems(cfg) + _range_problems(cfg) + _device_problems(cfg) + _model_problems(cfg)
                     + _resize_problems(cfg) + _nesterov_problems(cfg) + _init_problems(cfg))

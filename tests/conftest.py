@@ -9,6 +9,11 @@ from omegaconf import DictConfig, open_dict
 import initbench.config  # noqa: F401  (registers the schemas conf/ extends)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# Overrides a policy file needs beside it to compose: it reads ${model.*} keys the default LeNet lacks.
+DEEPNET_ALPHA = (2 * 4) ** 0.25  # (2N)^(1/4) for the default transformer's 4 blocks
+POLICY_NEEDS = {**{policy: ["model=transformer"] for policy in ("small_init", "wang_init", "t_fixup")},
+                "layerscale": ["model=transformer", "model.branch_gate=channel"],
+                "deepnet": ["model=transformer", "model.norm_position=post", f"model.residual_scale={DEEPNET_ALPHA}"]}
 
 
 def compose_config(overrides: list[str] = (), store: Path | None = None) -> DictConfig:

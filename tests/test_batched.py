@@ -21,6 +21,7 @@ from initbench.train import fit
 
 from .conftest import compose_config
 
+DEEPNET_ALPHA_2 = (2 * 2) ** 0.25  # DeepNet's alpha for 2 blocks
 TRAIN = ["dataset.train_size=240", "trainer.batch_size=32", "trainer.epochs=2"]  # 8 steps, last one short
 
 
@@ -97,6 +98,13 @@ def assert_same_run(batched, single, result_b, result_s, points_b, points_s, par
       "model.branch_gate=scalar"], [["init=rezero", "seed=0"], ["init=default", "seed=1"]], 1e-12),
     (["model=transformer", "model.depth=1", "model.width=16", "model.norm_position=post", "model.tokens=rows",
       "model.pool=mean", "optimizer=adam", "optimizer.lr=0.01"], [["init=default", "seed=0"]], 1e-10),
+    (["model=transformer", "model.depth=2", "model.width=16", "model.heads=2", "optimizer=adam", "optimizer.lr=0.01"],
+     [["init=vit_timm", "seed=0"], ["init=vit_jax", "seed=1"], ["init=small_init", "seed=2"],
+      ["init=wang_init", "seed=3"], ["init=zero_proj", "seed=4"], ["init=t_fixup", "seed=5"]], 1e-10),
+    (["model=transformer", "model.depth=2", "model.width=16", "model.heads=2", "model.norm_position=post",
+      f"model.residual_scale={DEEPNET_ALPHA_2}"], [["init=deepnet", "seed=0"], ["init=default", "seed=1"]], 1e-12),
+    (["model=transformer", "model.depth=2", "model.width=16", "model.heads=2", "model.branch_gate=channel"],
+     [["init=layerscale", "seed=0"], ["init=default", "seed=1"]], 1e-12),
     (["model=mlp", "optimizer.weight_decay=0.01", "trainer.schedule=cosine", "trainer.warmup_steps=3",
       "trainer.grad_clip=0.5", "trainer.decay_exempt=true"], [["init=default", "seed=0"], ["init=mup", "seed=1"]],
      1e-12),
@@ -107,7 +115,8 @@ def assert_same_run(batched, single, result_b, result_s, points_b, points_s, par
 ], ids=["lenet", "mlp-tanh-critical-kumar-zero", "mlp-nesterov-lsuv", "mlp-batchnorm", "mlp-batchnorm-adam",
         "mlp-mup-sgd-wd", "mlp-mup-adam-wd-cosine", "lstm2-adam-cosine", "cnn1d-mnist1d-adam",
         "resmlp-layernorm-gate-bias", "resnet-batchnorm", "resnet-plain-gate-bias-adam", "transformer",
-        "transformer-no-norm-rezero", "transformer-post-rows-mean-adam", "mlp-sgd-warmup-cosine-clip-exempt",
+        "transformer-no-norm-rezero", "transformer-post-rows-mean-adam", "transformer-timm-jax-neox-zero-tfixup-adam",
+        "transformer-deepnet", "transformer-layerscale", "mlp-sgd-warmup-cosine-clip-exempt",
         "transformer-post-deepnet-layerscale-adamw-warmup-clip-exempt"])
 def test_batched_training_equals_separate_fits(common, jobs, atol):
     for outcome in both_ways(jobs, common):

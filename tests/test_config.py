@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from initbench.config import SCHEMAS, Config, ConfigError, check_config
 from initbench.run import prepare, run_name
 
-from .conftest import CONF_DIR, compose_config
+from .conftest import CONF_DIR, POLICY_NEEDS, compose_config
 
 
 def options(group: str) -> list[str]:
@@ -70,7 +70,7 @@ def test_overrides_users_type(monkeypatch):
 
 SCHEMA_GROUPS = ("model", "init", "dataset", "optimizer", "trainer")
 USERS_MODEL = [f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]", "model=exploding"]  # no schema
-PAIRED = {"mnist1d": ["model=cnn1d"]}  # options the default model (LeNet, which resizes images) cannot take
+PAIRED = {"mnist1d": ["model=cnn1d"], **POLICY_NEEDS}  # options the default model (LeNet) cannot take
 
 
 def compose_plain(overrides: list[str], hydra: bool = False) -> DictConfig:

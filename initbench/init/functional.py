@@ -43,6 +43,36 @@ def lecun_uniform_(tensor: Tensor, gain: float = 1.0, generator: torch.Generator
         return tensor.uniform_(-bound, bound, generator=generator)
 
 
+VARIANCE_MODES = ("fan_in", "fan_out", "fan_avg")
+DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
+TRUNCATED_STD = 0.87962566103423978  # the std of N(0, 1) truncated to [-2, 2]
+
+
+def variance_scaling_(tensor: Tensor, scale: float = 1.0, mode: str = "fan_in",
+                      distribution: str = "truncated_normal", generator: torch.Generator | None = None) -> Tensor:
+    r"""Fill `tensor` with variance `scale` / n, n the fan of `mode` (fan_avg: their mean), drawn from
+    `distribution`: a normal truncated at two of its stds and rescaled to that variance, a normal, or a
+    uniform.
+
+    JAX's ``jax.nn.initializers.variance_scaling`` and timm's ``variance_scaling_``: scale 1, fan_in,
+    truncated_normal is their ``lecun_normal`` (ViT's patch embedding, ``vit_jax``).
+
+    Examples:
+        >>> w = torch.empty(64, 48)
+        >>> variance_scaling_(w)
+    """
+    fan_in, fan_out = _calculate_fan_in_and_fan_out(tensor)
+    variance = scale / {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    with torch.no_grad():
+        if distribution == "truncated_normal":
+            torch.nn.init.trunc_normal_(tensor, 0.0, 1.0, -2.0, 2.0, generator=generator)
+            return tensor.mul_(math.sqrt(variance) / TRUNCATED_STD)
+        if distribution == "normal":
+            return tensor.normal_(0.0, math.sqrt(variance), generator=generator)
+        bound = math.sqrt(3 * variance)
+        return tensor.uniform_(-bound, bound, generator=generator)
+
+
 def identity_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     r"""Fill a 2-D `tensor` of shape :math:`(kH, H)` with :math:`k` stacked identities times `gain`.
 
@@ -135,6 +165,18 @@ def _lecun_std(shape, a):
     return a["gain"] / math.sqrt(fans(shape)[0])
 
 
+def _variance_std(shape, a):
+    fan_in, fan_out = fans(shape)
+    return math.sqrt(a["scale"] / {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[a["mode"]])
+
+
+def _variance_check(shape, a):
+    if a["mode"] not in VARIANCE_MODES or a["distribution"] not in DISTRIBUTIONS:
+        return (f"variance_scaling: mode {a['mode']!r} (valid: {', '.join(VARIANCE_MODES)}), distribution "
+                f"{a['distribution']!r} (valid: {', '.join(DISTRIBUTIONS)})")
+    return None if a["scale"] > 0 else f"variance_scaling: scale must be > 0, got {a['scale']}"
+
+
 def _identity_check(shape, a):
     if len(shape) != 2 or shape[0] % shape[1] != 0:
         return "identity needs a square 2-D tensor or a stack of squares (k*H, H) such as an LSTM's weight_hh"
@@ -160,6 +202,8 @@ DECLARED = (  # the schemes of this module; the registry (initbench.init.registr
             check=_sparse_check)(sparse_),
     declare("lecun_normal", std_rule="gain/√fan_in", std=_lecun_std, fan_based=True)(lecun_normal_),
     declare("lecun_uniform", std_rule="gain/√fan_in", std=_lecun_std, fan_based=True)(lecun_uniform_),
+    declare("variance_scaling", std_rule="√(scale/fan_mode)", std=_variance_std, fan_based=True,
+            check=_variance_check)(variance_scaling_),
     declare("identity", std_rule="of the gain/0 pattern",
             std=lambda s, a: bernoulli_std(1 / s[1], a["gain"]), mean=lambda s, a: a["gain"] / s[1],
             check=_identity_check)(identity_),

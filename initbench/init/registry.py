@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-from . import criticality, functional, isometric, mup, residual_inits, schemes
+from . import criticality, functional, isometric, mup, residual_inits, schemes, transformer_inits
 from .schemes import Scheme, declare
 
-DECLARING = (schemes, functional, criticality, isometric, mup, residual_inits)  # torch.nn.init's, then ours
+# torch.nn.init's, then ours
+DECLARING = (schemes, functional, criticality, isometric, mup, residual_inits, transformer_inits)
 SCHEMES: dict[str, Scheme] = {}
 
 
