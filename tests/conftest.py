@@ -13,6 +13,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 DEEPNET_ALPHA = (2 * 4) ** 0.25  # (2N)^(1/4) for the default transformer's 4 blocks
 POLICY_NEEDS = {**{policy: ["model=transformer"] for policy in ("small_init", "wang_init", "t_fixup")},
                 "layerscale": ["model=transformer", "model.branch_gate=channel"],
+                "mup_transformer": ["model=transformer", "model.attn_scale=inv_d"],
                 "deepnet": ["model=transformer", "model.norm_position=post", f"model.residual_scale={DEEPNET_ALPHA}"]}
 
 

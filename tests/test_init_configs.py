@@ -30,8 +30,10 @@ MODELS = {
                             DataShape(1, 8, 8, 10)),
     "transformer_deepnet": ({"name": "transformer", "depth": 4, "width": 16, "heads": 2, "norm_position": "post",
                              "residual_scale": DEEPNET_ALPHA}, DataShape(1, 8, 8, 10)),
+    "transformer_mup": ({"name": "transformer", "depth": 2, "width": 16, "heads": 2, "attn_scale": "inv_d"},
+                        DataShape(1, 8, 8, 10)),
 }
-TRANSFORMERS = {"transformer", "transformer_channel", "transformer_deepnet"}
+TRANSFORMERS = {"transformer", "transformer_channel", "transformer_deepnet", "transformer_mup"}
 # Policies written for one architecture; every other policy is meant for any model.
 ONLY_FOR = {"docs_mixed": {"lenet"}, "lstm_forget_bias": {"lstm"}, "fixup": {"resmlp_scalars"},
             "skipinit": {"resmlp_scalars"}, "rezero": {"resmlp_scalars"}, "zero_residual": {"resnet"},
@@ -41,7 +43,9 @@ ONLY_FOR = {"docs_mixed": {"lenet"}, "lstm_forget_bias": {"lstm"}, "fixup": {"re
             "wang_init": {"resmlp_scalars", *TRANSFORMERS},
             "small_init": {"mlp", "mlp_bn", "resmlp_scalars", "resnet", *TRANSFORMERS},
             "zero_proj": {"resmlp_scalars", *TRANSFORMERS}, "layerscale": {"transformer_channel"},
-            "deepnet": {"transformer_deepnet"}}
+            "deepnet": {"transformer_deepnet"}, "mup_transformer": {"transformer_mup"}}
+# What a policy's refusal says where it is not for a model: a rule that matches nothing, or its own check.
+REFUSAL = {"mup_transformer": "matches no parameter|model.attn_scale=inv_d"}
 # Policies that draw no random numbers: the seed cannot change them.
 DETERMINISTIC = {"default", "zeros", "ones", "rezero", "zero_init", "zero_proj", "layerscale"}
 SHIPPED = {"default", "kaiming", "kaiming_uniform", "xavier", "xavier_normal", "lecun", "orthogonal", "normal",
@@ -94,7 +98,7 @@ def test_policy_applies_to_the_models_it_is_meant_for(name, model_name):
     if model_name not in ONLY_FOR.get(name, MODELS):
         model, _ = build(model_name)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        with pytest.raises(InitError, match="matches no parameter"):
+        with pytest.raises(InitError, match=REFUSAL.get(name, "matches no parameter")):
             policy.apply(model, torch.Generator())
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
         return

@@ -112,6 +112,84 @@ def test_training_steps_match_the_mup_package_optimizers(kind):
     assert not all(torch.allclose(p, r, rtol=1e-6) for p, r in zip(model.parameters(), plain.parameters(), strict=True))
 
 
+TRANSFORMER = Path(__file__).resolve().parents[1] / "conf" / "init" / "mup_transformer.yaml"
+IMAGES = DataShape(1, 8, 8, 10)  # patches of 2: 16 tokens and a class token
+
+
+def transformer(width: int) -> nn.Module:
+    return build_model({"name": "transformer", "depth": 2, "width": width, "heads": 4, "attn_scale": "inv_d"},
+                       IMAGES).double()
+
+
+def transformer_policy(width: int):
+    cfg = OmegaConf.create({"model": {"width": width}, "init": OmegaConf.load(TRANSFORMER)})
+    cfg.init.base_width = BASE
+    return build_policy(cfg.init)
+
+
+@pytest.mark.parametrize("kind", sorted(OPTIMIZERS))
+def test_transformer_steps_match_the_mup_package_optimizers(kind):
+    """The transformer under mup_transformer against the mup package's own recipe for it: the same net with
+    MuReadout, set_base_shapes (base BASE, delta 2 BASE), MuSGD / MuAdam / MuAdamW. Three steps move every
+    parameter alike (float64; the readout compared as W / m); without the factors they do not."""
+    mup = pytest.importorskip("mup")
+    m = WIDTH / BASE
+
+    def with_mureadout(width):
+        net = transformer(width)
+        net.head = mup.MuReadout(width, IMAGES.num_classes).double()
+        return net
+
+    ref = mup.set_base_shapes(with_mureadout(WIDTH), with_mureadout(BASE), delta=with_mureadout(2 * BASE))
+    model, policy, cfg = transformer(WIDTH), transformer_policy(WIDTH), OPTIMIZERS[kind]
+    policy.apply(model, torch.Generator().manual_seed(0))
+    assert model.head.weight.eq(0).all() and model.blocks[0].attn.branch.qkv.weight[:WIDTH].eq(0).all()
+    with torch.no_grad():
+        for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+            q.copy_(p * (m if name == "head.weight" else 1))
+    ours = build_optimizer(cfg, list(model.named_parameters()), policy.optimizer_scales(model, cfg))
+    options = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    theirs = {"sgd": mup.MuSGD, "adam": mup.MuAdam, "adamw": mup.MuAdamW}[kind](ref.parameters(), **options)
+    plain = copy.deepcopy(model)
+    unscaled = build_optimizer(cfg, list(plain.named_parameters()))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(16, 1, 8, 8, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        for net, opt in ((model, ours), (ref, theirs), (plain, unscaled)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        q = q / (m if name == "head.weight" else 1)
+        assert torch.allclose(p, q, rtol=1e-9, atol=1e-12), name
+    assert not all(torch.allclose(p, r, rtol=1e-6) for p, r in zip(model.parameters(), plain.parameters(), strict=True))
+
+
+def test_mup_transformer_refuses_the_standard_attention_scale():
+    net = build_model({"name": "transformer", "depth": 1, "width": 32, "heads": 2}, IMAGES)
+    with pytest.raises(InitError, match="model.attn_scale=inv_d"):
+        transformer_policy(32).apply(net, torch.Generator())
+
+
+@pytest.mark.slow  # 18 width checks of 30 steps: about 40 s on 2 cores
+def test_transformer_width_check_is_flatter_under_mup_than_under_default():
+    """The coordinate check as mup's own runs it, over 3 seeds and 30 Adam steps, widths 32-128: each
+    layer's change from init under mup_transformer keeps its size (every |slope| < 0.25 in the mean over
+    seeds), where under `default` the readout's grows with the width."""
+    slopes = {}
+    for init, extra in (("mup_transformer", ["model.attn_scale=inv_d", "init.base_width=32"]), ("default", [])):
+        per_seed = []
+        for seed in range(3):
+            cfg = compose_config(["model=transformer", "model.depth=2", f"init={init}", *extra, "optimizer=adam",
+                                  "optimizer.lr=0.003", "dataset.val_size=0", "trainer.batch_size=32", f"seed={seed}"])
+            table = width_check(cfg, [32, 64, 128], 30)
+            per_seed.append(width_tables(table, 30)["mean |change from init| after 30 steps"]["slope"])
+        slopes[init] = sum(per_seed) / len(per_seed)
+    assert slopes["mup_transformer"].abs().max() < 0.25, slopes["mup_transformer"]
+    assert slopes["default"]["head"] > 0.35, slopes["default"]
+
+
 def test_at_the_base_width_mup_is_pytorchs_default():
     """Same theory std, no optimizer factors, and (drawing U(-b, b) in PyTorch's order) the very float32
     weights PyTorch's default init draws from the same seed."""

@@ -7,6 +7,7 @@ whose keyword arguments include a fact's name (and whose rule does not give it) 
     num_branches   the number of residual branches (modules named `branch`): Fixup's L, GPT-2's 2*n_layer
     branch_layers  the number of weight layers (2-D or more) in one branch: Fixup's m
     heads          the `heads` attribute of the parameter's module or its nearest ancestor that has one
+    attn_power     likewise `attn_power`: attention logits q.k / d_head**attn_power (1/2 standard, 1 muP)
     fan_in         the fan-in of the weight (2-D or more) of the parameter's module: a bias's layer's fan-in
 
 A model that lacks the structure gets a problem, naming what it lacks, before anything is filled.
@@ -23,6 +24,7 @@ FACTS = {
     "have)",
     "branch_layers": "residual branches with weight layers (modules named `branch`)",
     "heads": "an attention module with a `heads` attribute above this parameter",
+    "attn_power": "an attention module with an `attn_power` attribute above this parameter",
     "fan_in": "a weight of 2 or more dimensions in the parameter's module (a layer's fan-in)",
 }
 
@@ -42,13 +44,18 @@ def _branch_layers(model: nn.Module, owner: str) -> int | None:
     return counts.pop() if len(counts) == 1 and 0 not in counts else None
 
 
-def _heads(model: nn.Module, owner: str) -> int | None:
-    parts = owner.split(".") if owner else []
-    for depth in range(len(parts), -1, -1):
-        heads = getattr(model.get_submodule(".".join(parts[:depth])), "heads", None)
-        if isinstance(heads, int):
-            return heads
-    return None
+def _attribute(name: str, kind: type) -> Callable[[nn.Module, str], int | float | None]:
+    """The `name` attribute (of type `kind`) of the module `owner` or its nearest ancestor that has one."""
+
+    def find(model: nn.Module, owner: str):
+        parts = owner.split(".") if owner else []
+        for depth in range(len(parts), -1, -1):
+            value = getattr(model.get_submodule(".".join(parts[:depth])), name, None)
+            if isinstance(value, kind) and not isinstance(value, bool):
+                return value
+        return None
+
+    return find
 
 
 def _fan_in(model: nn.Module, owner: str) -> int | None:
@@ -60,7 +67,8 @@ def _fan_in(model: nn.Module, owner: str) -> int | None:
 _FINDERS: dict[str, Callable[[nn.Module, str], int | None]] = {
     "num_branches": _num_branches,
     "branch_layers": _branch_layers,
-    "heads": _heads,
+    "heads": _attribute("heads", int),
+    "attn_power": _attribute("attn_power", float),
     "fan_in": _fan_in,
 }
 

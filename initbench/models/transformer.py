@@ -29,6 +29,7 @@ class SelfAttention(nn.Module):
 
     `qkv` (width -> 3 width) is fused, its rows ordered q, k, v, each split into `heads` contiguous
     chunks of d_head = width / heads rows (nanoGPT's c_attn layout). Absent options are nn.Identity.
+    `heads` and `attn_power` (p) are attributes, which init policies read (initbench.init.structure).
     """
 
     def __init__(self, width: int, heads: int, pre_norm: bool = True, branch_bias: bool = False,
@@ -37,7 +38,7 @@ class SelfAttention(nn.Module):
         if width % heads:
             raise ValueError(f"model.width={width} must be divisible by model.heads={heads}")
         self.heads = heads
-        self.power = ATTN_SCALES[choice("attn_scale", attn_scale, tuple(ATTN_SCALES))]
+        self.attn_power = ATTN_SCALES[choice("attn_scale", attn_scale, tuple(ATTN_SCALES))]
         self.norm = nn.LayerNorm(width) if pre_norm else nn.Identity()
         self.pre_qkv = ScalarBias() if branch_bias else nn.Identity()
         self.qkv = nn.Linear(width, 3 * width)
@@ -49,7 +50,7 @@ class SelfAttention(nn.Module):
         d_head = width // self.heads
         q, k, v = (z.reshape(n, t, self.heads, d_head).transpose(1, 2)  # (n, heads, t, d_head)
                    for z in self.qkv(self.pre_qkv(self.norm(x))).split(width, dim=2))
-        weights = (q @ k.transpose(-2, -1) / d_head**self.power).softmax(-1)
+        weights = (q @ k.transpose(-2, -1) / d_head**self.attn_power).softmax(-1)
         y = (weights @ v).transpose(1, 2).reshape(n, t, width)
         return self.out(self.pre_out(y))
 
