@@ -39,7 +39,7 @@ class SelfAttention(nn.Module):
             raise ValueError(f"model.width={width} must be divisible by model.heads={heads}")
         self.heads = heads
         self.attn_power = ATTN_SCALES[choice("attn_scale", attn_scale, tuple(ATTN_SCALES))]
-        self.norm = nn.LayerNorm(width) if pre_norm else nn.Identity()
+        self.norm = layer_norm(width, pre_norm)
         self.pre_qkv = ScalarBias() if branch_bias else nn.Identity()
         self.qkv = nn.Linear(width, 3 * width)
         self.pre_out = ScalarBias() if branch_bias else nn.Identity()
