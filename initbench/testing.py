@@ -1,6 +1,6 @@
 """Running initbench as a user does (a subprocess in its own folder) and real local services: an
 `mlflow server` on 127.0.0.1 and a free port, started and stopped by its PID. For the test suite and the
-scripts (stress, benchmarks), as hydra.test_utils serves Hydra's; nothing here runs at import."""
+scripts (benchmarks), as hydra.test_utils serves Hydra's; nothing here runs at import."""
 
 import os
 import signal

@@ -116,7 +116,7 @@ def liveness(run, stale_after_s: float) -> tuple[bool, str]:
     Elsewhere: alive while its heartbeat (refreshed at every flush) is younger than `stale_after_s`."""
     tags = run.data.tags
     beat = float(tags.get(HEARTBEAT_TAG, run.info.start_time / 1000))
-    age = time.time() - beat
+    age = max(0.0, time.time() - beat)  # a heartbeat written a moment ago may read as a hair ahead
     host, token = tags.get(HOST_TAG), tags.get(PROCESS_TAG, "")
     if host == socket.gethostname() and token:
         pid = int(token.split(":")[0])

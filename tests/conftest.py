@@ -1,5 +1,7 @@
-"""Shared fixtures: the real Hydra config, composed once per test and shrunk for speed."""
+"""Shared fixtures: the real Hydra config, composed once per test and shrunk for speed; the stress
+cases' size option and the table of their figures."""
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 import initbench.config  # noqa: F401  (registers the schemas conf/ extends)
+
+from .support import STRESS_SIZES, StressSize
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Overrides a policy file needs beside it to compose: it reads ${model.*} keys the default LeNet lacks.
@@ -43,3 +47,47 @@ def data_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("INITBENCH_DATA_DIR", str(tmp_path_factory.mktemp("data")))
         yield
+
+
+# --- the stress cases (marker `stress`): sized by --stress-size, their figures in one table at the end ------
+
+STRESS_ROWS = pytest.StashKey[list]()
+
+
+def pytest_configure(config):
+    """A suite started in the background (`pytest &`) inherits SIGINT ignored, and so would the jobs it
+    starts: give them a terminal's SIGINT, which the interrupt tests send."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--stress-size", choices=sorted(STRESS_SIZES), default="small",
+                     help="sizes of the stress cases (tests/support.py STRESS_SIZES): small (default) or full, "
+                          "the figures of docs/reliability.md: pytest -m stress --stress-size=full")
+
+
+@pytest.fixture(scope="session")
+def stress_size(request) -> StressSize:
+    return STRESS_SIZES[request.config.getoption("--stress-size")]
+
+
+@pytest.fixture
+def stress_report(request):
+    """report(what was done, what came of it): a row of the stress table printed after the tests."""
+    rows = request.config.stash.setdefault(STRESS_ROWS, [])
+    case = request.node.originalname.removeprefix("test_").replace("_", " ")
+    return lambda done, result: rows.append((request.node.nodeid, case, done, result))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    rows = config.stash.get(STRESS_ROWS, [])
+    if not rows:
+        return
+    failed = {report.nodeid for report in terminalreporter.stats.get("failed", [])}
+    terminalreporter.write_sep("=", f"stress figures (--stress-size={config.getoption('--stress-size')})")
+    terminalreporter.write_line("| case | what was done | result | ok |")
+    terminalreporter.write_line("|---|---|---|---|")
+    for nodeid, case, done, result in rows:
+        cells = [text.replace("|", "\\|").replace("\n", " ") for text in (case, done, result)]
+        terminalreporter.write_line(f"| {' | '.join(cells)} | {'FAIL' if nodeid in failed else 'ok'} |")

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -295,6 +296,57 @@ def test_a_users_mistake_is_one_line_and_status_2_and_writes_no_store(tmp_path, 
     done = cli(*Q, override, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# Bad overrides as a user types them: (argv, the key and the value the message must name, who refuses it).
+# Hydra 1.3.8 ends its own composition errors (a wrong type, an unknown key without +) with status 1 before
+# initbench runs; initbench's refusals end with 2. The first four mix both: --stress-size=small runs them.
+BAD_INPUTS = [
+    (["trainer.epochs=0"], "trainer.epochs", "0", "initbench"),
+    (["trainer.batch_size=abc"], "trainer.batch_size", "abc", "Hydra"),
+    (["+trainer.epoch=3"], "trainer.epoch", "3", "initbench"),
+    (["trainer.epoch=3"], "trainer.epoch", "3", "Hydra"),
+    (["trainer.epochs=-1"], "trainer.epochs", "-1", "initbench"),
+    (["trainer.epochs=abc"], "trainer.epochs", "abc", "Hydra"),
+    (["optimizer.lr=abc"], "optimizer.lr", "abc", "Hydra"),
+    (["trainer.batch_size=0"], "trainer.batch_size", "0", "initbench"),
+    (["optimizer.lr=nan"], "optimizer.lr", "nan", "initbench"),
+    (["optimizer.lr=inf"], "optimizer.lr", "inf", "initbench"),
+    (["model=mlp", "model.width=0"], "model.width", "0", "initbench"),
+    (["tracking.uri=garbage://x"], "tracking.uri", "garbage://x", "initbench"),
+    (["tracking.experiment=''"], "tracking.experiment", "''", "initbench"),
+    (["seed=4294967296"], "seed", "4294967296", "initbench"),
+    (["seed=-1"], "seed", "-1", "initbench"),
+]
+REFUSED_STATUS = {"initbench": 2, "Hydra": 1}
+
+
+def refused(folder, argv: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`python -m initbench` with a tiny config and `argv` last, in a new `folder`; what it left there besides
+    Hydra's outputs/."""
+    folder.mkdir()
+    given = {a.lstrip("+~").split("=", 1)[0] for a in argv}
+    done = cli(*[a for a in Q if a.split("=", 1)[0] not in given], "trainer.progress=false", *argv, cwd=folder)
+    return done, sorted(p.name for p in folder.iterdir() if p.name != "outputs")
+
+
+@pytest.mark.stress
+def test_bad_overrides_exit_naming_key_and_value_without_a_traceback_and_write_nothing(tmp_path, stress_size,
+                                                                                       stress_report):
+    chosen = BAD_INPUTS[:stress_size.bad_inputs]
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda item: refused(tmp_path / f"input{item[0]:02d}", item[1][0]), enumerate(chosen)))
+    problems = []
+    for (argv, key, value, by), (proc, written) in zip(chosen, done, strict=True):
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        naming = next((line for line in lines if key in line), lines[-1] if lines else "(nothing)")
+        stress_report(f"`{' '.join(argv)}` (refused by {by})",
+                      f"exit {proc.returncode}; `{naming}`; wrote {', '.join(written) or 'nothing'}")
+        values = ("''", '""') if value == "''" else (value,)
+        if not (proc.returncode == REFUSED_STATUS[by] and key in proc.stderr and any(v in proc.stderr for v in values)
+                and "Traceback" not in proc.stderr and not written):
+            problems.append(f"{argv}: exit {proc.returncode}, wrote {written}:\n{proc.stderr[-1500:]}")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("device", ["meta", "xla"])

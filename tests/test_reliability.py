@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 
 from initbench.analysis import analyze
 from initbench.callbacks import scrub_credentials, sweep_id
+from initbench.interrupts import child_pids
 from initbench.run import already_done, computed_config, config_hash, run
 from initbench.store import TrackingUnavailable, check_reachable, clean_uri, redact
 from initbench.testing import (
@@ -22,36 +24,73 @@ from initbench.testing import (
     cli,
     free_port,
     history_steps,
-    initbench_command,
-    initbench_env,
     parent_runs_in,
     runs_in,
 )
 from initbench.tracking import MAX_ERROR_CHARS, PROCESS_TAG, Tracker, process_token
 
 from .conftest import compose_config
+from .support import Job, needs_plugin, wait_until
 
 # --- the SQLite store ------------------------------------------------------------------------------------
 
-CREATE_AND_RUN = """
-import sys
+# What one job does to a new store (initbench/run.py: open_job, start_run, train_and_log) without the training:
+# it imports first and waits for the go file, so that the two jobs of a pair open the store in one instant.
+RACE_JOB = """
+import sys, time
+from pathlib import Path
 from initbench.tracking import Tracker
-tracker = Tracker(sys.argv[1], "race")
-tracker.start(sys.argv[2], {}, {})
-tracker.log_points([("x", 1.0, 1)])
+uri, name, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+Path(name + ".ready").touch()
+while not go.exists():
+    time.sleep(0.001)
+tracker = Tracker(uri, "initbench")
+tracker.runs_with_hash("0" * 16)              # already_done: earlier runs of this config
+tracker.start(name, {"seed": name[-1]}, {"initbench.status": "running", "initbench.sweep": "race"})
+Path(name + ".txt").write_text(name)
+tracker.log_artifact(name + ".txt")           # config.yaml, init_report.csv
+tracker.log_points([("train/loss", 1.0 / s, s) for s in range(1, 11)] + [("test/acc", 0.5, 1)])
 tracker.end("finished")
 """
 
 
-@pytest.mark.parametrize("attempt", range(2))
-def test_two_processes_creating_one_new_store_both_log_their_run(tmp_path, attempt):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, **QUIET}
-    procs = [subprocess.Popen([sys.executable, "-c", CREATE_AND_RUN, uri, f"job{i}"], env=env,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    errors = [p.communicate(timeout=180)[1] for p in procs]
+def race_pair(folder) -> list[str]:
+    """Two jobs started on the new store folder/mlflow.db and released at one barrier; their stderr."""
+    folder.mkdir()
+    go, names = folder / "go", ["race-s0", "race-s1"]
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_JOB, "sqlite:///mlflow.db", name, str(go)], cwd=folder,
+                              env={**os.environ, **QUIET}, stderr=subprocess.PIPE, text=True) for name in names]
+    deadline = time.monotonic() + 180
+    while not all((folder / f"{name}.ready").exists() for name in names):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a job did not start"
+        time.sleep(0.01)
+    go.touch()
+    errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
-    assert sorted(r.info.run_name for r in runs_in(uri, "race")) == ["job0", "job1"]
+    return errors
+
+
+@pytest.mark.stress
+def test_pairs_of_processes_creating_one_new_store_log_every_run_and_leave_it_usable(tmp_path, stress_size,
+                                                                                    stress_report):
+    start = time.monotonic()
+    for pair in range(stress_size.race_pairs):
+        folder = tmp_path / f"pair{pair:02d}"
+        race_pair(folder)
+        runs = runs_in(f"sqlite:///{folder / 'mlflow.db'}", "initbench")
+        assert sorted((r.info.run_name, r.info.status) for r in runs) == [("race-s0", "FINISHED"),
+                                                                          ("race-s1", "FINISHED")]
+    wall = time.monotonic() - start
+    cfg = compose_config(["model=mlp", "dataset.train_size=128", "seed=2"], folder)  # the last store still works
+    finished = run(cfg).status
+    analysis = analyze(cfg.tracking.uri, out=folder / "results", log_to_mlflow=False)
+    stress_report(f"{stress_size.race_pairs} pairs of processes, each pair creating one new SQLite store at "
+                  "the same moment (what a job does to the store: Tracker, search, start, artifact, metrics, end; "
+                  "released by one barrier)",
+                  f"{2 * stress_size.race_pairs} of {2 * stress_size.race_pairs} jobs exit 0 in {wall:.0f} s, "
+                  f"every store holds its 2 runs FINISHED; then a real job in the last store {finished} and its "
+                  f"analysis counts {len(analysis.runs)} run")
+    assert finished == "finished" and len(analysis.runs) == 1
 
 
 @pytest.mark.parametrize("make,expected", [
@@ -100,40 +139,145 @@ def test_a_live_run_of_the_same_config_is_skipped_and_a_dead_one_marked_killed(t
     assert f"its process {other.pid} on this host is gone" in capsys.readouterr().out
 
 
-def _wait_for_first_flush(uri: str, experiment: str, proc, log) -> str:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the job ended early:\n{log.read_text()[-3000:]}"
-        runs = runs_in(uri, experiment)
-        if runs and history_steps(uri, runs[0].info.run_id, "test/acc"):
-            return runs[0].info.run_id
-        time.sleep(0.2)
-    raise AssertionError("the job flushed nothing in 180 s")
+@pytest.mark.slow
+@pytest.mark.stress
+def test_a_second_process_with_a_training_runs_config_skips_it_and_leaves_it_running(tmp_path, stress_size,
+                                                                                     stress_report):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["model=mlp", "dataset.train_size=256", f"trainer.epochs={stress_size.long_epochs}",
+            "trainer.progress=false"]
+    first = Job(args, tmp_path, "a")
+    try:
+        run_id = wait_until("A flushes an epoch", lambda: first_flushed_run(uri), job=first)
+        second = cli(*args, cwd=tmp_path)
+        status_after = MlflowClient(uri).get_run(run_id).info.status
+        flushed = len(history_steps(uri, run_id, "test/acc"))
+        wait_until("A flushes another epoch", lambda: len(history_steps(uri, run_id, "test/acc")) > flushed,
+                   job=first)
+        os.kill(first.pid, signal.SIGINT)  # now stop A: its own handler ends its run
+        first.proc.wait(60)
+    finally:
+        first.stop()
+    skip = next((line for line in second.stdout.splitlines() if line.startswith("skip ")), "")
+    ended = MlflowClient(uri).get_run(run_id)
+    error = ended.data.tags.get("initbench.error", "")
+    stress_report("job A RUNNING; the same config started in process B",
+                  f"B exit {second.returncode}: `{skip}`; A's run {status_after} after B, A still flushing; then "
+                  f"SIGINT to A: its run {ended.info.status} by A itself (`{error[:40]}`)")
+    assert second.returncode == 0 and f"run {run_id} of this config is running now" in skip
+    assert f"its process {first.pid} on this host is alive" in skip and "marking run" not in second.stdout
+    assert status_after == "RUNNING"
+    assert ended.info.status == "KILLED" and error.startswith("KeyboardInterrupt")
+
+
+KILLED_WITHIN_S = 5.0  # a signalled run reads KILLED in the store this soon after the signal
 
 
 @pytest.mark.slow
+@pytest.mark.stress
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_run_ends_killed_at_once_with_what_it_flushed(tmp_path, sig):
+def test_an_interrupted_run_ends_killed_at_once_with_what_it_flushed(tmp_path, sig, stress_size, stress_report):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    log = tmp_path / "job.log"
-    with open(log, "w") as out:
-        job = subprocess.Popen(initbench_command("model=mlp", "dataset.train_size=256", "trainer.epochs=500",
-                                                 "trainer.progress=false"),
-                               cwd=tmp_path, env=initbench_env(tmp_path), stdout=out, stderr=subprocess.STDOUT)
+    epochs = stress_size.long_epochs
+    job = Job(["model=mlp", "dataset.train_size=256", f"trainer.epochs={epochs}", "trainer.progress=false"],
+              tmp_path)
     try:
-        run_id = _wait_for_first_flush(uri, "initbench", job, log)
+        run_id = wait_until("a first flushed epoch", lambda: first_flushed_run(uri), job=job)
+        flushed = len(history_steps(uri, run_id, "test/acc"))
+        sent = time.monotonic()
         os.kill(job.pid, sig)
-        job.wait(60)
+        wait_until("the run reads KILLED", lambda: MlflowClient(uri).get_run(run_id).info.status == "KILLED", 60)
+        killed_after = time.monotonic() - sent
+        job.proc.wait(60)
+        exited_after = time.monotonic() - sent
     finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
+        job.stop()
     [killed] = runs_in(uri, "initbench")
+    kept = len(history_steps(uri, run_id, "test/acc"))
+    loss = history_steps(uri, run_id, "train/loss")
+    stress_report(f"{sig.name} to a single {epochs}-epoch run after its first flushed epoch ({flushed} flushed "
+                  "when signalled)",
+                  f"run {killed.info.status} (initbench.status={killed.data.tags['initbench.status']}) "
+                  f"{killed_after:.1f} s after the signal; the process exits {job.proc.returncode} after "
+                  f"{exited_after:.1f} s; kept {kept} whole epochs: train/loss steps 1..{len(loss)}")
     assert killed.info.run_id == run_id
-    assert killed.info.status == "KILLED" and killed.data.tags["initbench.status"] == "killed", log.read_text()
-    epochs = len(history_steps(uri, run_id, "test/acc"))
-    assert 1 <= epochs < 500
-    assert history_steps(uri, run_id, "train/loss") == list(range(1, 2 * epochs + 1))  # whole epochs kept
+    assert killed.info.status == "KILLED" and killed.data.tags["initbench.status"] == "killed", job.output()
+    assert killed_after <= KILLED_WITHIN_S
+    assert flushed <= kept < epochs
+    assert loss == list(range(1, 2 * kept + 1))  # whole epochs kept
+
+
+def first_flushed_run(uri: str, runs: int = 1) -> list[str] | str | None:
+    """The id of the run in the store (of each of `runs` runs) once every one has flushed an epoch."""
+    found = runs_in(uri, "initbench") if Path(uri.removeprefix("sqlite:///")).exists() else []
+    ids = [r.info.run_id for r in found]
+    if len(ids) < runs or not all(history_steps(uri, i, "test/acc") for i in ids):
+        return None
+    return ids[0] if runs == 1 else ids
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> process token (initbench.tracking.process_token) of every live descendant of `pid`."""
+    found, todo = {}, [pid]
+    while todo:
+        for child in child_pids(todo.pop()):
+            if child not in found:
+                found[child] = process_token(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int, token: str) -> bool:
+    """The process `token` named still exists (the same start time: not a reused pid) and is no zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and process_token(pid) == token
+
+
+SWEEP_GRACE_S = 20.0  # after SIGTERM to a sweep's parent, none of its processes is alive this much later
+
+
+@pytest.mark.slow
+@pytest.mark.stress
+@needs_plugin("joblib")
+def test_sigterm_to_a_sweeps_parent_ends_every_process_and_run_it_started(tmp_path, stress_size, stress_report):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = Job(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp", "seed=0,1",
+               "dataset.train_size=256", f"trainer.epochs={stress_size.long_epochs}", "trainer.progress=false"],
+              tmp_path, new_session=True)
+    started: dict[int, str] = {}
+    try:
+        ids = wait_until("both runs flush an epoch", lambda: first_flushed_run(uri, runs=2), job=job)
+        started = descendants(job.pid)  # the workers and joblib's helpers, before the signal
+        sent = time.monotonic()
+        os.kill(job.pid, signal.SIGTERM)  # the parent only
+        job.proc.wait(SWEEP_GRACE_S)
+        parent_exit = time.monotonic() - sent
+        while (left := [pid for pid, token in started.items() if alive(pid, token)]) and (
+                time.monotonic() - sent < SWEEP_GRACE_S):
+            time.sleep(0.2)
+        all_ended = time.monotonic() - sent
+    finally:
+        if job.proc.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        job.stop()
+        for pid, token in started.items():  # what the sweep left running, by the PIDs read above
+            if alive(pid, token):
+                os.kill(pid, signal.SIGKILL)
+    runs = [MlflowClient(uri).get_run(i) for i in ids]
+    [parent] = parent_runs_in(uri, "initbench")
+    stress_report(f"SIGTERM to the parent of a joblib sweep (n_jobs=2, seeds 0,1) once both runs had flushed an "
+                  f"epoch; {len(started)} processes under it read from /proc before",
+                  f"parent exit {job.proc.returncode} after {parent_exit:.1f} s; "
+                  + (f"alive {SWEEP_GRACE_S:.0f} s after the signal: {left}" if left else
+                     f"none of them alive {all_ended:.1f} s after the signal")
+                  + f"; runs {[r.info.status for r in runs]}; the sweep's parent run "
+                  f"{parent.info.status}")
+    assert not left
+    assert all(r.info.status == "KILLED" and r.data.tags["initbench.status"] == "killed" for r in runs)
+    assert parent.info.status == "FAILED"
 
 
 # --- what a resume compares: the computation, and the sweep ------------------------------------------------
@@ -216,7 +360,8 @@ def test_the_same_sweep_command_gets_the_same_sweep_id():
 
 
 @pytest.mark.slow
-def test_a_resumed_sweep_keeps_its_sweep_id_and_is_analyzed_whole(tmp_path):
+@pytest.mark.stress
+def test_a_resumed_sweep_keeps_its_sweep_id_and_is_analyzed_whole(tmp_path, stress_report):
     sweep = ["-m", "model=mlp", "init=zeros,kaiming", "seed=0,1", "dataset.train_size=128", "trainer.epochs=1"]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = cli(*sweep, "trainer.progress=true", cwd=tmp_path)
@@ -231,6 +376,11 @@ def test_a_resumed_sweep_keeps_its_sweep_id_and_is_analyzed_whole(tmp_path):
     [parent] = parent_runs_in(uri, "initbench")  # the resumed sweep reused its parent run
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     analysis = analyze(uri, out=tmp_path / "results", log_to_mlflow=False)  # the latest sweep: all 4 jobs
+    stress_report(f"a 2-init x 2-seed sweep, run {lost.info.run_name} deleted (MlflowClient.delete_run), the "
+                  "same command again, then the analysis of the latest sweep",
+                  f"{again.stdout.count('skip mlp-')} skipped, the deleted job re-ran; "
+                  f"{len({r.data.tags['initbench.sweep'] for r in runs})} sweep id; the analysis counts "
+                  f"{len(analysis.runs)} jobs")
     assert len(analysis.runs) == 4
 
 

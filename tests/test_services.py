@@ -24,11 +24,11 @@ from omegaconf import OmegaConf, open_dict
 from initbench import run as run_module
 from initbench.devices import resolve_device
 from initbench.run import run
-from initbench.testing import cli, free_port, history_steps, initbench_command, initbench_env, mlflow_server, runs_in
+from initbench.testing import cli, free_port, history_steps, initbench_env, mlflow_server, runs_in
 from initbench.tracking import Tracker, TrackingUnavailable, check_reachable
 
 from .conftest import compose_config
-from .support import TEST_CONF, TINY, needs_plugin
+from .support import TEST_CONF, TINY, Job, needs_plugin, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +85,50 @@ def test_rerun_skips_a_finished_config_unless_forced(server):
 # --- resumable sweeps -----------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+def lost_and_duplicated(uri: str, runs: list, epochs: int, steps_per_epoch: int) -> tuple[int, int, int, int]:
+    """(expected, found, lost, duplicated) metric points of `runs`, runs of one config with other seeds:
+    train/loss (every step) and train/acc, test/loss, test/acc (every epoch) against what the config implies,
+    every other key (gradient norms, the probe, validation) against the steps it has in any of the runs."""
+    core = {"train/loss": list(range(1, epochs * steps_per_epoch + 1))}
+    core.update({key: list(range(1, epochs + 1)) for key in ("train/acc", "test/loss", "test/acc")})
+    histories = [{key: history_steps(uri, r.info.run_id, key) for key in r.data.metrics} for r in runs]
+    expected = found = lost = duplicated = 0
+    for key in set(core).union(*histories):
+        steps = core.get(key) or sorted(set().union(*(h.get(key, []) for h in histories)))
+        for history in histories:
+            logged = history.get(key, [])
+            expected, found = expected + len(steps), found + len(logged)
+            duplicated += len(logged) - len(set(logged))
+            lost += len(set(steps) - set(logged))
+    return expected, found, lost, duplicated
+
+
+@pytest.mark.stress
 @needs_plugin("joblib")
-def test_joblib_sweep_on_the_server_then_resume_runs_only_the_failed_job(server, tmp_path, capsys):
+def test_parallel_jobs_on_one_server_lose_no_metric_point(server, tmp_path, stress_size, stress_report):
+    size = stress_size
+    start = time.monotonic()
+    done = cli("-m", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={size.jobs}", "model=mlp",
+               f"seed={','.join(map(str, range(size.jobs)))}", f"dataset.train_size={size.train_size}",
+               f"trainer.epochs={size.epochs}", "trainer.progress=false", f"tracking.uri={server}",
+               "tracking.experiment=parallel", cwd=tmp_path, timeout=1800)
+    wall = time.monotonic() - start
+    runs = runs_in(server, "parallel")
+    finished = sum(r.info.status == "FINISHED" and r.data.tags["initbench.status"] == "finished" for r in runs)
+    expected, found, lost, duplicated = lost_and_duplicated(server, runs, size.epochs, size.steps_per_epoch())
+    stress_report(f"{size.jobs} jobs in parallel (joblib), one server, {size.epochs} epochs x "
+                  f"{size.steps_per_epoch()} steps each",
+                  f"exit {done.returncode} after {wall:.0f} s; {len(runs)} runs, {finished} finished; {found} of "
+                  f"{expected} metric points present, {lost} lost, {duplicated} duplicated")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(runs) == len({r.info.run_name for r in runs}) == finished == size.jobs
+    assert (lost, duplicated, found) == (0, 0, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.stress
+@needs_plugin("joblib")
+def test_joblib_sweep_on_the_server_then_resume_runs_only_the_failed_job(server, tmp_path, capsys, stress_report):
     sweep = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.searchpath=[file://{TEST_CONF}]",
              "model=exploding", "seed=0,1,2", *TINY, f"tracking.uri={server}", "tracking.experiment=resume"]
     first = cli(*sweep, cwd=tmp_path)
@@ -121,33 +162,30 @@ def test_joblib_sweep_on_the_server_then_resume_runs_only_the_failed_job(server,
             assert run(cfg) is None
             assert f"skip exploding-default-digits-s{seed}: run" in capsys.readouterr().out
     new = [r for r in runs_in(server, "resume") if r.info.run_id not in {old.info.run_id for old in runs}]
+    stress_report("a joblib sweep of 3 on the server, the job of seed 1 raises; the same jobs again",
+                  f"exit {first.returncode}; runs {sorted(status.values())}; the failed run's error "
+                  f"`{failed.data.tags['initbench.error'].strip().splitlines()[-1][:60]}`; "
+                  f"again: new run(s) {[r.info.run_name for r in new]}")
     assert [r.info.run_name for r in new] == ["exploding-default-digits-s1"]  # only the failed job ran
 
 
 @pytest.mark.slow
-def test_sigkilled_job_is_marked_killed_and_its_rerun_completes(server, tmp_path):
-    # 256 examples in batches of 128: 2 train/loss points per epoch, flushed once per epoch
-    epochs, per_epoch = 40, 2
-    args = ["model=mlp", "dataset.train_size=256", f"trainer.epochs={epochs}", "trainer.progress=false",
-            "seed=3", f"tracking.uri={server}", "tracking.experiment=sigkill"]
-    output = tmp_path / "job.log"
-    with open(output, "w") as log:
-        job = subprocess.Popen(initbench_command(*args), cwd=tmp_path, env=initbench_env(tmp_path), stdout=log,
-                               stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:  # kill it once its first epoch has been flushed to the server
-            assert job.poll() is None, f"the job ended before it was killed:\n{output.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "the job logged nothing in 180 s"
-            runs = runs_in(server, "sigkill")
-            if runs and history_steps(server, runs[0].info.run_id, "train/loss"):
-                break
-            time.sleep(0.1)
+@pytest.mark.stress
+def test_sigkilled_job_is_marked_killed_and_its_rerun_completes(server, tmp_path, stress_size, stress_report):
+    epochs, per_epoch = stress_size.kill_epochs, stress_size.steps_per_epoch()  # flushed once per epoch
+    args = ["model=mlp", f"dataset.train_size={stress_size.train_size}", f"trainer.epochs={epochs}",
+            "trainer.progress=false", "seed=3", f"tracking.uri={server}", "tracking.experiment=sigkill"]
+
+    def flushed() -> int:
+        runs = runs_in(server, "sigkill")
+        return len(history_steps(server, runs[0].info.run_id, "test/acc")) if runs else 0
+
+    job = Job(args, tmp_path)
+    try:  # kill it once it has flushed kill_after epochs to the server
+        wait_until(f"{stress_size.kill_after} flushed epochs", lambda: flushed() >= stress_size.kill_after, job=job)
         os.kill(job.pid, signal.SIGKILL)
     finally:
-        if job.poll() is None:
-            os.kill(job.pid, signal.SIGKILL)
-        job.wait()
+        job.stop()
     [dead] = runs_in(server, "sigkill")
     assert dead.info.status == "RUNNING"
 
@@ -158,15 +196,21 @@ def test_sigkilled_job_is_marked_killed_and_its_rerun_completes(server, tmp_path
     assert run(cfg).status == "finished"
 
     runs = {r.info.run_id: r for r in runs_in(server, "sigkill")}
-    assert runs[dead.info.run_id].info.status == "KILLED"
-    assert runs[dead.info.run_id].data.tags["initbench.status"] == "killed"
+    old = runs[dead.info.run_id]
     [new] = [r for rid, r in runs.items() if rid != dead.info.run_id]
-    assert new.info.status == "FINISHED" and new.data.tags["initbench.status"] == "finished"
-    assert history_steps(server, new.info.run_id, "train/loss") == list(range(1, epochs * per_epoch + 1))
-    # what the dead run flushed before it died is still there: whole epochs, never a partial one
-    kept = history_steps(server, dead.info.run_id, "train/loss")
+    new_loss = history_steps(server, new.info.run_id, "train/loss")
+    kept = history_steps(server, dead.info.run_id, "train/loss")  # what the dead run flushed before it died
     epochs_kept = len(history_steps(server, dead.info.run_id, "test/acc"))
-    assert 1 <= epochs_kept < epochs
+    stress_report(f"a {epochs}-epoch job on the server killed with SIGKILL after {stress_size.kill_after} "
+                  "flushed epochs, then run again",
+                  f"killed after {epochs_kept} epochs; the re-run marks the stale run {old.info.status} "
+                  f"({old.data.tags['initbench.status']}) and its new run is {new.info.status} ({len(new_loss)} "
+                  f"of {epochs * per_epoch} train/loss points); the dead run keeps the {len(kept)} points it had "
+                  "flushed")
+    assert old.info.status == "KILLED" and old.data.tags["initbench.status"] == "killed"
+    assert new.info.status == "FINISHED" and new.data.tags["initbench.status"] == "finished"
+    assert new_loss == list(range(1, epochs * per_epoch + 1))
+    assert stress_size.kill_after <= epochs_kept < epochs  # whole epochs, never a partial one
     assert kept == list(range(1, epochs_kept * per_epoch + 1))
 
 
