@@ -6,6 +6,7 @@ where it is installed (initbench.packaged_data: offline, its content checked); o
 `cifar10` are read with torchvision's own dataset classes from `data_dir`, downloaded there on first use.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
 from .models import DataShape
@@ -290,3 +291,18 @@ def load_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.dev
     mean, std = channel_stats(train_x)
     return Dataset(name, (train_x - mean) / std, train_y, (test_x - mean) / std, test_y,
                    (val_x - mean) / std, val_y)
+
+
+def shared_dataset(cfg: DictConfig | dict, data_dir: str | Path, device: torch.device | str = "cpu",
+                   image_size: int | None = None) -> Dataset:
+    """load_dataset, kept for the next call with the same arguments: the jobs a launcher runs one after
+    another in one process (Hydra's basic launcher) load their data once. One entry: another dataset
+    replaces it. The tensors are shared by those jobs, so nothing may change them in place (nothing does:
+    batches are indexed copies)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return _shared_dataset(json.dumps(container, sort_keys=True), str(data_dir), str(device), image_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_dataset(cfg_json: str, data_dir: str, device: str, image_size: int | None) -> Dataset:
+    return load_dataset(json.loads(cfg_json), data_dir, device, image_size)

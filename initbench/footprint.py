@@ -12,6 +12,8 @@ after the first have one shape), so a family deeper than EXACT_DEPTH is built at
 depths and extrapolated, which is exact and keeps a 100,000-layer MLP a matter of milliseconds.
 """
 
+import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -64,7 +66,14 @@ def _numel(out) -> int:
 
 
 def model_size(model_cfg: dict, shape: DataShape, input_shape: tuple[int, ...]) -> Size:
-    """Parameters and activations per example of the model `model_cfg` builds for `shape`."""
+    """Parameters and activations per example of the model `model_cfg` builds for `shape`; kept for the
+    next jobs of the process that build the same model (a sweep over inits and seeds measures it once)."""
+    return _model_size(json.dumps(model_cfg, sort_keys=True, default=str), shape, tuple(input_shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _model_size(model_json: str, shape: DataShape, input_shape: tuple[int, ...]) -> Size:
+    model_cfg = json.loads(model_json)
     key = next((k for k in DEPTH_KEYS if isinstance(model_cfg.get(k), int) and model_cfg[k] > EXACT_DEPTH), None)
     if key is None or model_cfg.get("name") not in FAMILIES or "_target_" in model_cfg:
         return _measure(model_cfg, shape, input_shape)

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import __version__
 from .config import check_config
-from .data import SPLITS, Dataset, load_dataset
+from .data import SPLITS, Dataset, shared_dataset
 from .devices import resolve_device
 from .epochs import FitResult
 from .errors import REFUSED
@@ -75,7 +75,7 @@ def prepare(cfg: DictConfig, data: Dataset | None = None) -> Prepared:
     """Everything before training; a bad config fails here, before anything is written.
     Jobs that share a dataset config may pass the `data` one of them loaded."""
     if data is None:
-        data = load_dataset(cfg.dataset, cfg.paths.data_dir, job_device(cfg), image_size=cfg.model.get("image_size"))
+        data = shared_dataset(cfg.dataset, cfg.paths.data_dir, job_device(cfg), image_size=cfg.model.get("image_size"))
     check_fits(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True),
                cfg.trainer.batch_size, data.shape, tuple(data.train_x.shape[1:]), data.train_x.device)
     model, report = build_initialized_model(cfg, data)

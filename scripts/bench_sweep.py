@@ -5,7 +5,8 @@
 
 The workload (the He-2015 preset's shape): 3 jobs (seeds 0, 1, 2), a depth-30 width-256 ReLU MLP,
 4,000 Fashion-MNIST training images (Debian's dataset-fashion-mnist), batch 64, SGD (lr 0.02, momentum 0.9),
-He init (init=kaiming: N(0, 2/fan_in), zero biases), 10 epochs. Commands, each a fresh process, run in turn (A, P, E, A, P, E, ...):
+He init (init=kaiming: N(0, 2/fan_in), zero biases), 10 epochs. Commands, each a fresh process, run in
+turn (A, P, E, A, P, E, ...):
 
   (A) initbench: `python -m initbench -m ... seed=0,1,2` into a new SQLite store, with everything a job does
       (config checks, the store, the init report and probe, gradient norms, validation and test accuracy
@@ -143,7 +144,7 @@ def main() -> None:
     print(f"\n| command | median wall s ({args.rounds} rounds) | min | max |\n|---|---|---|---|")
     for name, values in walls.items():
         print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} | {max(values):.1f} |")
-    (fa, ca), (fp, _), (fe, ce) = split("A"), split("P"), split("E")
+    (fa, ca), (fp, _), (_, ce) = split("A"), split("P"), split("E")
     print(f"\nwhole sweep, {e} epochs: A/P {ratio(f'A{e}', f'P{e}'):.2f}x, A/E {ratio(f'A{e}', f'E{e}'):.2f}x")
     print(f"per epoch (3 jobs): A {ca:.2f} s, E {ce:.2f} s: A/E {ca / ce:.2f}x")
     print(f"fixed cost: A {fa:.1f} s, P {fp:.1f} s: {(fa - fp) / len(SEEDS):.2f} s per job beyond the plain loop")

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from initbench.run import run
+from initbench import data as data_module
+from initbench import footprint
+from initbench.run import prepare, run
 from initbench.testing import ROOT, cli, parent_runs_in, runs_in
 
 from .conftest import compose_config
@@ -136,3 +138,20 @@ def test_a_bad_init_policy_fails_before_training_and_writes_nothing(tmp_path):
     assert done.returncode != 0
     assert "conv1.bias (shape 6)" in done.stderr and "fix:" in done.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_the_jobs_of_one_process_load_a_dataset_and_measure_a_model_once(tmp_path, monkeypatch):
+    """Hydra's basic launcher runs a sweep's jobs one after another in one process: the second job with
+    the same dataset and model config reuses the first one's data and footprint; another dataset loads."""
+    loads, measures = [], []
+    real_load, real_measure = data_module.load_dataset, footprint._measure
+    monkeypatch.setattr(data_module, "load_dataset", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(footprint, "_measure", lambda *a, **k: measures.append(a[0]) or real_measure(*a, **k))
+    data_module._shared_dataset.cache_clear()
+    footprint._model_size.cache_clear()
+    first = prepare(compose_config(["model=mlp", "init=kaiming", "seed=0", "dataset.train_size=128"], tmp_path))
+    second = prepare(compose_config(["model=mlp", "init=xavier", "seed=1", "dataset.train_size=128"], tmp_path))
+    assert second.data is first.data and len(loads) == 1 and len(measures) == 1
+    assert not any(p1 is p2 for p1, p2 in zip(first.model.parameters(), second.model.parameters(), strict=True))
+    third = prepare(compose_config(["model=mlp", "seed=0", "dataset.train_size=256"], tmp_path))
+    assert third.data is not first.data and len(third.data.train_y) == 256 and len(loads) == 2
