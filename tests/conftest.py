@@ -61,6 +61,18 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(config, items):
+    """A case marked `stress(only_when_selected=True)` repeats what a faster test already covers at a
+    larger scale: it runs only when the marker expression names stress (`pytest -m stress`)."""
+    if "stress" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="a stress case that runs only with -m stress (docs/reliability.md)")
+    for item in items:
+        marker = item.get_closest_marker("stress")
+        if marker is not None and marker.kwargs.get("only_when_selected"):
+            item.add_marker(skip)
+
+
 def pytest_addoption(parser):
     parser.addoption("--stress-size", choices=sorted(STRESS_SIZES), default="small",
                      help="sizes of the stress cases (tests/support.py STRESS_SIZES): small (default) or full, "

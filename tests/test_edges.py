@@ -330,7 +330,7 @@ def refused(folder, argv: list[str]) -> tuple[subprocess.CompletedProcess, list[
     return done, sorted(p.name for p in folder.iterdir() if p.name != "outputs")
 
 
-@pytest.mark.stress
+@pytest.mark.stress(only_when_selected=True)
 def test_bad_overrides_exit_naming_key_and_value_without_a_traceback_and_write_nothing(tmp_path, stress_size,
                                                                                        stress_report):
     chosen = BAD_INPUTS[:stress_size.bad_inputs]

@@ -140,7 +140,7 @@ def test_a_live_run_of_the_same_config_is_skipped_and_a_dead_one_marked_killed(t
 
 
 @pytest.mark.slow
-@pytest.mark.stress
+@pytest.mark.stress(only_when_selected=True)
 def test_a_second_process_with_a_training_runs_config_skips_it_and_leaves_it_running(tmp_path, stress_size,
                                                                                      stress_report):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -240,7 +240,7 @@ SWEEP_GRACE_S = 20.0  # after SIGTERM to a sweep's parent, none of its processes
 
 
 @pytest.mark.slow
-@pytest.mark.stress
+@pytest.mark.stress(only_when_selected=True)
 @needs_plugin("joblib")
 def test_sigterm_to_a_sweeps_parent_ends_every_process_and_run_it_started(tmp_path, stress_size, stress_report):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -103,7 +103,7 @@ def lost_and_duplicated(uri: str, runs: list, epochs: int, steps_per_epoch: int)
     return expected, found, lost, duplicated
 
 
-@pytest.mark.stress
+@pytest.mark.stress(only_when_selected=True)
 @needs_plugin("joblib")
 def test_parallel_jobs_on_one_server_lose_no_metric_point(server, tmp_path, stress_size, stress_report):
     size = stress_size
