@@ -1,5 +1,5 @@
 """Opening an MLflow store safely: the URI checked, credentials kept out of it, a server probed, and a
-SQLite file created by one process at a time.
+store's schema created by one process at a time (a file lock for SQLite, an advisory lock for PostgreSQL).
 
     uri = clean_uri("http://user:secret@mlflow.example")   # -> http://mlflow.example, credentials to env
     client = open_client(uri)                               # TrackingUnavailable with the reason, or a client
@@ -15,8 +15,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import sqlalchemy
 from filelock import FileLock, Timeout
 from mlflow.store.db.utils import _get_latest_schema_revision
 from mlflow.tracking import MlflowClient
@@ -31,6 +34,8 @@ CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")  # a s
 # A database URI's password (postgresql://user:password@host/db), moved here by clean_uri: MLflow has no
 # variable of its own for it, and the URI is written to configs, params and messages.
 DB_PASSWORD_ENV = "INITBENCH_TRACKING_DB_PASSWORD"
+# PostgreSQL advisory lock key ('init' in ASCII) under which a job opens a store: one creates the schema.
+SCHEMA_LOCK_KEY = 0x696E6974
 
 
 class TrackingUnavailable(ConnectionError):
@@ -101,7 +106,7 @@ def with_password(uri: str) -> str:
     secret = os.environ.get(DB_PASSWORD_ENV)
     if parts.scheme in ("http", "https", "sqlite", "file", "") or parts.password is not None or not secret:
         return uri
-    netloc = f"{parts.username or ''}:{urllib.parse.quote(secret, safe='')}@{parts.hostname}"
+    netloc = f"{parts.username or ''}:{urllib.parse.quote(secret, safe='')}@{parts.hostname or ''}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
 
 
@@ -256,13 +261,31 @@ def _open_error(where: str, path: Path, err: BaseException, waited: float, creat
     return TrackingUnavailable(f"{where} cannot be opened: {reason}")
 
 
+@contextmanager
+def _postgres_schema_lock(uri: str) -> Iterator[None]:
+    """Hold PostgreSQL's session advisory lock SCHEMA_LOCK_KEY: the parallel jobs of a sweep on a new
+    database would otherwise all create MLflow's tables at once (`relation "experiments" already exists`)."""
+    engine = sqlalchemy.create_engine(with_password(uri), poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("select pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("select pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
 def open_client(uri: str) -> MlflowClient:
     """An MlflowClient for a clean, resolved `uri` (see clean_uri, resolve_uri), its store ready to use."""
     path = sqlite_path(uri)
     if path is not None:
         return _open_sqlite(uri, path)
+    lock = _postgres_schema_lock(uri) if uri.startswith("postgresql") else nullcontext()
     try:
-        return MlflowClient(with_password(uri))  # a database store connects (and migrates) here
+        with lock:
+            return MlflowClient(with_password(uri))  # a database store connects (and migrates) here
     except ModuleNotFoundError as err:
         package = DRIVERS.get(err.name, err.name)
         raise TrackingUnavailable(f"tracking.uri={redact(uri)!r} needs the Python module {err.name!r}, the "

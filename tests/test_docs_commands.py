@@ -24,7 +24,7 @@ PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
 PROGRAMS = {"initbench", "initbench-analyze", "initbench-probe", "mlflow", "python", "python3", "source"}
 BIN = Path(sys.executable).parent  # the venv's console scripts, where `pip install` put them
 
-SETUP = 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev,launchers]"'
+SETUP = 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev,launchers,postgres]"'
 ACTIVATE = "source .venv/bin/activate"
 TESTS = ".venv/bin/python -m pytest"
 RUN = "initbench init=kaiming model=lenet"
