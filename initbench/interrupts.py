@@ -59,12 +59,23 @@ def install(stop_children: bool = False):
     return signal.signal(signal.SIGTERM, _stop_children_then_interrupt if stop_children else _interrupt)
 
 
+def stop_signals() -> list[signal.Signals]:
+    """The signals that stop a training: SIGTERM; in a job submitit runs on SLURM also SIGUSR2, SLURM's
+    warning hydra.launcher.signal_delay_s before the time limit. submitit's own handler for it raises
+    an Exception wherever the job is, which the logging module swallows (seen); a KeyboardInterrupt
+    passes every `except Exception`."""
+    return [signal.SIGTERM] + ([signal.SIGUSR2] if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" else [])
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within: SIGTERM raises KeyboardInterrupt, as SIGINT does."""
-    previous = install()
+    """Within: SIGTERM (and SLURM's SIGUSR2 warning, see stop_signals) raises KeyboardInterrupt, as SIGINT does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in stop_signals()}
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

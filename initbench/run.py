@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import __version__
+from . import __version__, slurm
 from .config import check_config
 from .data import SPLITS, Dataset, shared_dataset
 from .devices import resolve_device
@@ -120,6 +120,8 @@ def run_tags(cfg: DictConfig, device: torch.device) -> dict[str, str]:
     commit = git_commit()
     if commit:
         tags["initbench.git_commit"] = commit
+    if job := slurm.job_id():
+        tags["initbench.slurm_job"] = job
     return tags
 
 
@@ -188,8 +190,11 @@ def fail_run(cfg: DictConfig, tracker: Tracker, err: BaseException) -> None:
 
 
 def kill_run(cfg: DictConfig, tracker: Tracker, err: KeyboardInterrupt) -> None:
-    """Close a run stopped by Ctrl-C or SIGTERM as `killed`, with the metrics it flushed."""
+    """Close a run stopped by Ctrl-C or SIGTERM as `killed`, with the metrics it flushed; the reason says
+    so where SLURM's SIGTERM came from the job's time limit."""
     reason = str(err) or "Ctrl-C"
+    if reason.startswith("stopped by ") and (meaning := slurm.stop_reason(reason.removeprefix("stopped by "))):
+        reason = f"{reason}; {meaning}"
     print(f"run {run_name(cfg)} ({tracker.run_id}) killed: {reason}")
     tracker.end("killed", error=f"KeyboardInterrupt: {reason}")
 
@@ -262,6 +267,7 @@ def train_and_log(cfg: DictConfig, tracker: Tracker, job: Prepared) -> FitResult
     marks it `killed` (with what it flushed), and both close it and are re-raised."""
     try:
         start_run(cfg, job, tracker)
+        slurm.time_limit()  # read now: a job SLURM is stopping may not reach its controller
         with sigterm_as_interrupt():
             result = fit(job.model, job.data, cfg.trainer, cfg.optimizer, cfg.seed, log=tracker.log_points,
                          scales=job.scales)

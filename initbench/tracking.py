@@ -3,8 +3,8 @@
 Conventions other tools rely on: run name `{model}-{init}-{dataset}-s{seed}`; params = the resolved
 config flattened with dots; tags `initbench.status` (finished | diverged | failed | killed),
 `initbench.sweep`, `initbench.config_hash`, `initbench.version`, `initbench.torch`, `initbench.device`,
-`initbench.git_commit`, `initbench.error`, and `initbench.host`, `initbench.process`,
-`initbench.heartbeat` (who runs it, and the time of its last flush).
+`initbench.git_commit`, `initbench.error`, `initbench.slurm_job` (under SLURM), and `initbench.host`,
+`initbench.process`, `initbench.heartbeat` (who runs it, and the time of its last flush).
 """
 
 import atexit
