@@ -48,10 +48,12 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import initbench.config  # noqa: F401  (registers the schemas conf/ extends)
+    from initbench.config import check_config  # its module holds the schemas conf/ extends
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    check_config(cfg)  # as `python -m initbench` checks it: a bad override fails before the bench runs
+    return cfg
 
 
 def job_overrides(seed: int, epochs: int, depth: int, store: Path | str, dataset: list[str],

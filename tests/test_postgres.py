@@ -16,12 +16,17 @@ from initbench.analysis.cli import main as analyze
 from initbench.testing import Postgres, cli, mlflow_server, parent_runs_in, postgres_binaries, postgres_server, runs_in
 
 from .support import needs_plugin
-from .test_services import (  # noqa: F401  the same tests, collected here against the PostgreSQL-backed `server`
+from .test_services import (
     lost_and_duplicated,
     test_joblib_sweep_on_the_server_then_resume_runs_only_the_failed_job,
     test_rerun_skips_a_finished_config_unless_forced,
     test_sigkilled_job_is_marked_killed_and_its_rerun_completes,
 )
+
+# The resume, live-run and parent-run tests on SQLite, collected here again: their `server` is this module's.
+AS_ON_SQLITE = (test_rerun_skips_a_finished_config_unless_forced,
+                test_joblib_sweep_on_the_server_then_resume_runs_only_the_failed_job,
+                test_sigkilled_job_is_marked_killed_and_its_rerun_completes)
 
 pytestmark = [
     pytest.mark.skipif(postgres_binaries() is None, reason="PostgreSQL's server is not installed: "
