@@ -52,7 +52,7 @@ def server(postgres, tmp_path_factory) -> Iterator[str]:
 @pytest.mark.slow
 @needs_plugin("joblib")
 def test_a_joblib_sweep_of_16_jobs_with_4_workers_through_the_server_loses_no_point(server, tmp_path):
-    epochs, train_size, steps_per_epoch = 2, 256, 2
+    epochs, train_size, steps_per_epoch = 1, 256, 2
     done = cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "model=mlp", "init=default,kaiming",
                "seed=0,1,2,3,4,5,6,7", f"dataset.train_size={train_size}", f"trainer.epochs={epochs}",
                "trainer.progress=false", f"tracking.uri={server}", "tracking.experiment=pg-joblib", cwd=tmp_path,
